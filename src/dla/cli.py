@@ -1,0 +1,195 @@
+"""The `dla` command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from dla.errors import DlaError
+
+
+def _data_root(args: argparse.Namespace) -> Path:
+    from dla.data.vision import default_data_root
+
+    return Path(args.data_root).expanduser() if args.data_root else default_data_root()
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from dla import experiment
+    from dla.config import load_experiment
+    from dla.rundir import RunDir
+
+    if args.resume:
+        if args.experiment or args.overrides:
+            raise DlaError("--resume RUN_DIR takes no experiment or overrides: the run's config.yaml is used as is")
+        run = RunDir.open(args.resume)
+        cfg = run.load_config()
+        experiment.train(cfg, _data_root(args), resume=run)
+        return 0
+    if not args.experiment:
+        raise DlaError("give an experiment (e.g. dla train lab1-mlp) or --resume RUN_DIR")
+    overrides = list(args.overrides)
+    if "=" in args.experiment:  # tolerate `dla train key=value` mistakes with a clear message
+        raise DlaError(f"{args.experiment!r} looks like an override; the experiment name comes first")
+    cfg = load_experiment(args.experiment, overrides)
+    try:
+        experiment.train(cfg, _data_root(args))
+    except KeyboardInterrupt:
+        print("\ninterrupted; the last finished epoch is saved: dla train --resume <run dir>", file=sys.stderr)
+        return 130
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from dla import experiment
+    from dla.rundir import RunDir
+
+    run = RunDir.open(args.run)
+    cfg = run.load_config()
+    accelerator = experiment.make_accelerator(cfg.train)
+    model, _ = experiment.load_run_model(run, accelerator.device)
+    data = experiment.load_data(cfg, _data_root(args))
+    metrics = experiment.evaluate(
+        model, data.test, accelerator, cfg.train.eval_batch_size, cfg.train.channels_last, cfg.train.precision
+    )
+    result = {"run": str(run.path), "data": data.source, "test_loss": metrics["loss"], "test_acc": metrics["acc"]}
+    print(json.dumps(result) if args.json else f"{run.path}: {data.source} test loss {metrics['loss']:.4f}  test acc {metrics['acc']:.4f}")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    import torch
+    from PIL import Image, UnidentifiedImageError
+
+    from dla.data.vision import get_spec
+    from dla.experiment import load_run_model
+    from dla.rundir import RunDir
+
+    run = RunDir.open(args.run)
+    model, cfg = load_run_model(run)
+    spec = get_spec(cfg.data.name)
+    c, h, w = spec.shape
+    for path in args.images:
+        try:
+            image = Image.open(path).convert("L" if c == 1 else "RGB").resize((w, h), Image.BILINEAR)
+        except (OSError, UnidentifiedImageError) as exc:
+            raise DlaError(f"{path}: cannot read as an image ({exc})") from None
+        x = torch.frombuffer(bytearray(image.tobytes()), dtype=torch.uint8).view(h, w, c).permute(2, 0, 1)
+        x = x.float().div(255).unsqueeze(0)
+        if args.invert:
+            x = 1.0 - x
+        with torch.inference_mode():
+            probs = model(x).softmax(1)[0]
+        top = probs.topk(min(args.top_k, len(spec.classes)))
+        ranked = [(spec.classes[i], float(p)) for p, i in zip(top.values, top.indices)]
+        if args.json:
+            print(json.dumps({"image": str(path), "top": [{"class": k, "prob": p} for k, p in ranked]}))
+        else:
+            print(f"{path}: " + "  ".join(f"{k} {p:.3f}" for k, p in ranked))
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from dla.report.plots import plot_overlaid
+    from dla.report.tables import markdown_table
+    from dla.rundir import find_runs
+
+    runs = find_runs(args.runs)
+    rows, histories = [], {}
+    for run in runs:
+        summary = run.read_summary()
+        label = f"{run.path.parent.name}/{run.name}"
+        rows.append({**summary, "name": label})
+        if history := run.read_metrics():
+            histories[label] = history
+    table = markdown_table(rows)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "table.md").write_text(table)
+    print(table, end="")
+    if histories:
+        plot = plot_overlaid(histories, out / "curves.png")
+        print(f"wrote {out / 'table.md'} and {plot}")
+    return 0
+
+
+def cmd_data_list(args: argparse.Namespace) -> int:
+    from dla.data.vision import SPECS, locate
+
+    root = _data_root(args)
+    print(f"data root: {root}")
+    print(f"{'name':15} {'status':9} {'checksum':9} location")
+    for name in SPECS:
+        loc = locate(name, root)
+        checksum = "bad" if loc.bad else ("ok" if loc.found else "-")
+        where = f"{loc.directory} ({loc.source})" if loc.directory else f"not found; {SPECS[name].import_hint}"
+        extra = f"  missing: {', '.join(loc.missing)}" if loc.found and loc.missing else ""
+        print(f"{name:15} {loc.status:9} {checksum:9} {where}{extra}")
+    return 0
+
+
+def cmd_data_import(args: argparse.Namespace) -> int:
+    from dla.data.vision import import_dataset
+
+    root = _data_root(args)
+    loc = import_dataset(args.name, Path(args.path), root)
+    missing = f" (still missing: {', '.join(loc.missing)})" if loc.missing else ""
+    print(f"{args.name}: checksums ok, imported into {loc.directory}{missing}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="dla",
+        description="Deep Learning Applications labs as reproducible experiments.",
+        epilog="Example: dla data import mnist ../shared/data/mnist && dla train lab1-mlp optim.lr=3e-3 train.epochs=5",
+    )
+    parser.add_argument("--data-root", help="where data sets live (default: $DLA_DATA_ROOT or ~/.cache/dla/data)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    p = sub.add_parser("train", help="train an experiment (or resume a run) into runs/<experiment>/<run>")
+    p.add_argument("experiment", nargs="?", help="experiment name (configs/NAME.yaml) or a YAML path")
+    p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. optim.lr=3e-3 train.epochs=5 data=fashion-mnist")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last checkpoint")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("eval", help="test metrics of a run's best weights")
+    p.add_argument("run", help="run directory")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("predict", help="top-k classes for image files, with a run's best weights")
+    p.add_argument("run", help="run directory")
+    p.add_argument("images", nargs="+", help="PNG or JPEG files")
+    p.add_argument("--top-k", type=int, default=3)
+    p.add_argument("--invert", action="store_true", help="invert grey levels (dark digit on light paper)")
+    p.add_argument("--json", action="store_true", help="one JSON object per image")
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("report", help="a Markdown table and overlaid validation curves of runs")
+    p.add_argument("runs", nargs="+", help="run directories, or folders to search for them")
+    p.add_argument("--out", default="report", help="folder for table.md and curves.png (default: report)")
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("data", help="list or import data sets (offline use)")
+    data_sub = p.add_subparsers(dest="data_command", metavar="ACTION")
+    data_sub.required = True
+    q = data_sub.add_parser("list", help="each data set: present or missing, where, checksum")
+    q.set_defaults(func=cmd_data_list)
+    q = data_sub.add_parser("import", help="verify a local copy and put it where the loaders find it")
+    q.add_argument("name", choices=["mnist", "fashion-mnist", "cifar10"])
+    q.add_argument("path", help="a folder (searched recursively) or a file")
+    q.set_defaults(func=cmd_data_import)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except DlaError as exc:
+        print(f"dla: error: {exc}", file=sys.stderr)
+        return exc.exit_code

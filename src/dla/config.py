@@ -1,0 +1,325 @@
+"""Typed experiment configs: YAML files loaded into dataclasses, `key=value` overrides, validation.
+
+An experiment file is YAML whose top-level sections mirror `ExperimentConfig`. It may also hold
+`presets:`, named groups of overrides that a user picks with `GROUP=NAME` (e.g. `budget=smoke`).
+Every value is checked against the field's type before anything runs; a bad one raises a
+`ConfigError` that names the key and what is valid.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
+
+import yaml
+
+from dla.errors import ConfigError
+
+
+@dataclass
+class DataConfig:
+    """Which data set, how it is split and augmented."""
+
+    name: Literal["mnist", "fashion-mnist", "cifar10"] = "mnist"
+    val_size: int = 5000  # images carved from the training set (fixed seed) for validation
+    train_subset: int | None = None  # keep only this many training images (after the val split)
+    test_subset: int | None = None  # evaluate on only the first N test images
+    split_seed: int = 0
+    augment: Literal["none", "crop-flip", "crop"] = "none"
+    download: bool = True  # try the canonical source when the data set is not on disk
+
+    def validate(self) -> None:
+        check_positive(self, "val_size", "train_subset", "test_subset", prefix="data.")
+
+
+@dataclass
+class OptimConfig:
+    name: Literal["sgd", "adamw", "adam"] = "adamw"
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    momentum: float = 0.9  # sgd only
+    nesterov: bool = False  # sgd only
+
+    def validate(self) -> None:
+        check_positive(self, "lr", prefix="optim.")
+        if self.weight_decay < 0 or not 0 <= self.momentum < 1:
+            raise ConfigError("optim: weight_decay must be >= 0 and momentum in [0, 1)")
+
+
+@dataclass
+class SchedConfig:
+    name: Literal["none", "onecycle", "cosine"] = "none"
+    warmup_frac: float = 0.1  # share of all steps spent warming up (onecycle and cosine)
+
+    def validate(self) -> None:
+        if not 0.0 <= self.warmup_frac < 1.0:
+            raise ConfigError(f"sched.warmup_frac: must be in [0, 1), got {self.warmup_frac}")
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 10  # the most epochs (early stopping may end sooner)
+    batch_size: int = 128  # global batch: split across processes under torchrun
+    eval_batch_size: int = 1024
+    label_smoothing: float = 0.0
+    clip_grad_norm: float | None = None
+    precision: Literal["fp32", "bf16"] = "fp32"  # bf16 autocast on CPUs with avx512_bf16 and GPUs
+    channels_last: bool = False
+    compile: bool = False  # torch.compile the model
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    deterministic: bool = True
+    monitor: Literal["val_acc", "val_loss"] = "val_acc"
+    patience: int | None = None  # epochs without improvement before stopping; None: never stop early
+    min_delta: float = 0.0  # the least change that counts as an improvement
+    log_every: int = 50  # steps between loss checks and progress-bar updates
+
+    def validate(self) -> None:
+        check_positive(
+            self, "epochs", "batch_size", "eval_batch_size", "patience", "clip_grad_norm", "log_every", prefix="train."
+        )
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ConfigError(f"train.label_smoothing: must be in [0, 1), got {self.label_smoothing}")
+        if self.min_delta < 0:
+            raise ConfigError(f"train.min_delta: must be >= 0, got {self.min_delta}")
+
+
+@dataclass
+class TrackConfig:
+    tracker: Literal["tensorboard", "wandb", "none"] = "tensorboard"
+    project: str = "dla"  # wandb project
+
+
+@dataclass
+class ExperimentConfig:
+    name: str = "experiment"
+    seed: int = 0
+    runs_dir: str = "runs"
+    run_name: str | None = None  # default: a timestamp
+    data: DataConfig = field(default_factory=DataConfig)
+    model: Any = None  # the dataclass registered for model.name (see dla.models)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    sched: SchedConfig = field(default_factory=SchedConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    track: TrackConfig = field(default_factory=TrackConfig)
+    presets: dict[str, str] = field(default_factory=dict)  # which presets were applied (record only)
+
+
+# `GROUP=VALUE` shorthands for the most used keys.
+ALIASES = {"data": "data.name", "tracker": "track.tracker", "model": "model.name"}
+
+
+def builtin_config_dir() -> Path:
+    return Path(str(resources.files("dla") / "configs"))
+
+
+def list_experiments() -> list[str]:
+    names = {p.stem for p in builtin_config_dir().glob("*.yaml")}
+    names |= {p.stem for p in Path("configs").glob("*.yaml")} if Path("configs").is_dir() else set()
+    return sorted(names)
+
+
+def find_experiment(name: str) -> Path:
+    """A YAML path as given, else `./configs/NAME.yaml`, else the built-in `NAME.yaml`."""
+    for candidate in (Path(name), Path("configs") / f"{name}.yaml", builtin_config_dir() / f"{name}.yaml"):
+        if candidate.is_file():
+            return candidate
+    raise ConfigError(
+        f"unknown experiment {name!r}; available: {', '.join(list_experiments())} (or a path to a YAML file)"
+    )
+
+
+def load_experiment(name: str, overrides: list[str] | tuple[str, ...] = ()) -> ExperimentConfig:
+    """Load an experiment by name or path, apply presets and `key=value` overrides, validate."""
+    path = find_experiment(name)
+    raw = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: an experiment file must be a mapping of sections")
+    presets = raw.pop("presets", {}) or {}
+    raw.setdefault("name", path.stem)
+    pairs = [_split_override(o) for o in overrides]
+    applied: dict[str, str] = {}
+    # Presets first, whatever their position, so explicit keys always win over them.
+    for key, value in pairs:
+        if key in presets:
+            choices = presets[key]
+            if value not in choices:
+                raise ConfigError(f"{key}={value}: unknown {key}; valid: {', '.join(choices)}")
+            for k, v in (choices[value] or {}).items():
+                _set_dotted(raw, k, v)
+            applied[key] = value
+    for key, value in pairs:
+        if key not in presets:
+            _set_dotted(raw, ALIASES.get(key, key), value)
+    raw["presets"] = {**raw.get("presets", {}), **applied}
+    return from_dict(raw)
+
+
+def from_dict(raw: dict[str, Any]) -> ExperimentConfig:
+    """Build and validate an `ExperimentConfig` from nested plain data."""
+    return _build(ExperimentConfig, raw, "")
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def save_config(cfg: ExperimentConfig, path: Path) -> None:
+    path.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+
+def load_config_file(path: Path) -> ExperimentConfig:
+    """Reload a resolved `config.yaml` written by a run."""
+    return from_dict(yaml.safe_load(path.read_text()))
+
+
+def _split_override(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise ConfigError(f"override {text!r} is not of the form key=value (e.g. optim.lr=3e-3)")
+    return key.strip(), value.strip()
+
+
+def _set_dotted(raw: dict[str, Any], dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    node = raw
+    for i, part in enumerate(parts[:-1]):
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            raise ConfigError(f"{'.'.join(parts[: i + 1])} is a value, not a section; cannot set {dotted}")
+        node = child
+    node[parts[-1]] = value
+
+
+def _model_class(raw: Any, prefix: str) -> type:
+    from dla.models import MODELS
+
+    name = raw.get("name") if isinstance(raw, dict) else None
+    if name is None:
+        raise ConfigError(f"{prefix}model.name is missing; valid: {', '.join(sorted(MODELS))}")
+    if name not in MODELS:
+        raise ConfigError(f"{prefix}model.name: {name!r} is not a model; valid: {', '.join(sorted(MODELS))}")
+    return MODELS[name].config_cls
+
+
+def _build(cls: type, raw: Any, prefix: str) -> Any:
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a section (mapping), got {raw!r}")
+    hints = get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    for key in raw:
+        if key not in names:
+            near = difflib.get_close_matches(str(key), names, n=1)
+            hint = f" (did you mean {prefix}{near[0]}?)" if near else ""
+            raise ConfigError(f"unknown key {prefix}{key}{hint}; valid keys: {', '.join(prefix + n for n in names)}")
+    kwargs = {}
+    for name in names:
+        if name not in raw:
+            if cls is ExperimentConfig and name == "model":
+                raise ConfigError("the experiment has no model section; set model.name")
+            continue
+        key = prefix + name
+        if cls is ExperimentConfig and name == "model":
+            kwargs[name] = _build(_model_class(raw[name], prefix), raw[name], key + ".")
+        else:
+            kwargs[name] = coerce(raw[name], hints[name], key)
+    try:
+        obj = cls(**kwargs)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: {exc}") from None
+    validate = getattr(obj, "validate", None)
+    if validate:
+        validate()
+    return obj
+
+
+_BOOLS = {"true": True, "yes": True, "on": True, "1": True, "false": False, "no": False, "off": False, "0": False}
+
+
+def coerce(value: Any, tp: Any, key: str) -> Any:
+    """Convert `value` (from YAML or a command-line string) to type `tp`, or raise a `ConfigError`."""
+    origin = get_origin(tp)
+    if origin in (Union, types.UnionType):
+        args = get_args(tp)
+        if type(None) in args and (value is None or (isinstance(value, str) and value.lower() in ("null", "none", "~"))):
+            return None
+        rest = [a for a in args if a is not type(None)]
+        if len(rest) == 1:
+            return coerce(value, rest[0], key)
+        raise ConfigError(f"{key}: unsupported union type {tp}")
+    if origin is Literal:
+        choices = get_args(tp)
+        if value in choices:
+            return value
+        text = str(value).lower() if isinstance(value, bool) else str(value)
+        for choice in choices:
+            if text == str(choice):
+                return choice
+        raise ConfigError(f"{key}: {value!r} is not valid; choose one of {', '.join(map(str, choices))}")
+    if origin in (list, tuple):
+        (item_tp, *_) = get_args(tp) or (Any,)
+        if isinstance(value, str):
+            text = value.strip()
+            loaded = yaml.safe_load(text) if text.startswith("[") else [v for v in text.split(",") if v.strip()]
+            value = loaded
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list (e.g. [512,256]), got {value!r}")
+        return [coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        return {str(k): str(v) for k, v in value.items()}
+    if tp is Any:
+        return value
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, (str, int)) and str(value).lower() in _BOOLS:
+            return _BOOLS[str(value).lower()]
+        raise ConfigError(f"{key}: expected true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, bool):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            try:
+                number = float(value.replace("_", ""))
+            except ValueError:
+                number = None
+            if number is not None and number.is_integer():
+                return int(number)
+        raise ConfigError(f"{key}: expected an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, bool):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        try:
+            result = float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{key}: expected a number, got {value!r}") from None
+        return result
+    if tp is str:
+        if isinstance(value, (dict, list)):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return str(value)
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, key + ".")
+    raise ConfigError(f"{key}: unsupported field type {tp}")
+
+
+def check_positive(obj: Any, *names: str, prefix: str = "") -> None:
+    """Raise a `ConfigError` naming the first of `names` that is not > 0."""
+    for name in names:
+        value = getattr(obj, name)
+        if value is not None and value <= 0:
+            raise ConfigError(f"{prefix}{name}: must be > 0, got {value}")

@@ -1,0 +1,102 @@
+"""The run directory: the contract between `dla train` and every later step.
+
+    runs/<experiment>/<run>/
+        config.yaml       the fully resolved config
+        metrics.jsonl     one JSON object per epoch: the source of truth
+        summary.json      best epoch and metric, test metrics, wall time, params, versions, device
+        checkpoints/      best.safetensors (weights), last.pt (resumable state, weights-only)
+        tb/               TensorBoard events
+        plots/            PNG figures
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from dla.config import ExperimentConfig, load_config_file, save_config
+from dla.errors import DlaError
+from dla.train.checkpoint import atomic_write
+
+
+class RunDir:
+    def __init__(self, path: Path):
+        self.path = Path(path)
+
+    config = property(lambda self: self.path / "config.yaml")
+    metrics = property(lambda self: self.path / "metrics.jsonl")
+    summary = property(lambda self: self.path / "summary.json")
+    checkpoints = property(lambda self: self.path / "checkpoints")
+    best_weights = property(lambda self: self.path / "checkpoints" / "best.safetensors")
+    last_state = property(lambda self: self.path / "checkpoints" / "last.pt")
+    tb = property(lambda self: self.path / "tb")
+    plots = property(lambda self: self.path / "plots")
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @classmethod
+    def new_path(cls, runs_dir: str | Path, experiment: str, run_name: str | None) -> Path:
+        """A fresh, unused path `runs_dir/experiment/run_name` (default: a timestamp)."""
+        base = Path(runs_dir) / experiment / (run_name or time.strftime("%Y%m%d-%H%M%S"))
+        path, n = base, 1
+        while path.exists():
+            n += 1
+            path = base.with_name(f"{base.name}-{n}")
+        return path
+
+    @classmethod
+    def create(cls, path: Path, cfg: ExperimentConfig) -> "RunDir":
+        run = cls(path)
+        run.checkpoints.mkdir(parents=True, exist_ok=False)
+        run.plots.mkdir(exist_ok=True)
+        atomic_write(run.config, lambda tmp: save_config(cfg, tmp))
+        return run
+
+    @classmethod
+    def open(cls, path: str | Path) -> "RunDir":
+        run = cls(Path(path))
+        if not run.config.is_file():
+            raise DlaError(f"{path} is not a run directory (no config.yaml); runs are under runs/<experiment>/<run>")
+        return run
+
+    def load_config(self) -> ExperimentConfig:
+        return load_config_file(self.config)
+
+    def append_metrics(self, record: dict[str, Any]) -> None:
+        with open(self.metrics, "a") as fh:
+            fh.write(json.dumps(record) + "\n")
+
+    def rewrite_metrics(self, records: list[dict[str, Any]]) -> None:
+        text = "".join(json.dumps(r) + "\n" for r in records)
+        atomic_write(self.metrics, lambda tmp: tmp.write_text(text))
+
+    def read_metrics(self) -> list[dict[str, Any]]:
+        if not self.metrics.is_file():
+            return []
+        return [json.loads(line) for line in self.metrics.read_text().splitlines() if line.strip()]
+
+    def write_summary(self, summary: dict[str, Any]) -> None:
+        text = json.dumps(summary, indent=2) + "\n"
+        atomic_write(self.summary, lambda tmp: tmp.write_text(text))
+
+    def read_summary(self) -> dict[str, Any]:
+        return json.loads(self.summary.read_text()) if self.summary.is_file() else {}
+
+
+def find_runs(paths: list[str | Path]) -> list[RunDir]:
+    """Run directories named directly, or found below the given folders (sorted)."""
+    runs: list[RunDir] = []
+    for p in map(Path, paths):
+        if (p / "config.yaml").is_file():
+            runs.append(RunDir(p))
+        elif p.is_dir():
+            runs.extend(RunDir(c.parent) for c in sorted(p.rglob("config.yaml")))
+        else:
+            raise DlaError(f"{p}: no such run directory")
+    if not runs:
+        raise DlaError(f"no run directories under {', '.join(map(str, paths))}")
+    return runs

@@ -1,0 +1,63 @@
+"""Experiment tracking: TensorBoard by default, Weights & Biases optionally; metrics.jsonl is always written by the run."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from dla.errors import ConfigError
+
+
+class Tracker:
+    """Receives each epoch's record; the base class drops it (tracker=none, or a non-main process)."""
+
+    def log(self, record: dict[str, Any], step: int) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _tag(key: str) -> str:
+    # "train_loss" -> "loss/train", so TensorBoard overlays train and val on one chart per metric.
+    split, _, metric = key.partition("_")
+    return f"{metric}/{split}" if split in ("train", "val", "test") and metric else key
+
+
+class TensorBoardTracker(Tracker):
+    def __init__(self, logdir: str, purge_step: int | None = None):
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.writer = SummaryWriter(logdir, purge_step=purge_step)
+
+    def log(self, record: dict[str, Any], step: int) -> None:
+        for key, value in record.items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and key not in ("epoch", "step"):
+                self.writer.add_scalar(_tag(key), value, step)
+        self.writer.flush()
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+class WandbTracker(Tracker):
+    def __init__(self, project: str, name: str, run_dir: str, config: dict[str, Any]):
+        try:
+            import wandb
+        except ImportError:
+            raise ConfigError("tracker=wandb needs the wandb package: pip install 'dla[wandb]'") from None
+        # WANDB_MODE=offline is honoured by wandb itself.
+        self.run = wandb.init(project=project, name=name, dir=run_dir, config=config, id=name, resume="allow")
+
+    def log(self, record: dict[str, Any], step: int) -> None:
+        self.run.log({_tag(k): v for k, v in record.items() if not isinstance(v, bool)}, step=step)
+
+    def close(self) -> None:
+        self.run.finish()
+
+
+def make_tracker(kind: str, run_dir: str, name: str, project: str, config: dict[str, Any], start_step: int = 0) -> Tracker:
+    if kind == "tensorboard":
+        return TensorBoardTracker(f"{run_dir}/tb", purge_step=start_step + 1 if start_step else None)
+    if kind == "wandb":
+        return WandbTracker(project, name, run_dir, config)
+    return Tracker()

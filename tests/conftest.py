@@ -1,0 +1,65 @@
+"""Shared fixtures: real data from ../shared/data (imported into a temporary data root) and tiny configs."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from dla.config import load_experiment
+from dla.data.vision import import_dataset
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("DLA_SHARED_DATA", REPO.parent / "shared" / "data"))
+FASHION_SYSTEM = Path("/usr/share/datasets/fashion-mnist")
+
+
+def need(path: Path, what: str) -> None:
+    """Skip when real data is absent; under DLA_REQUIRE_DATA=1 (CI) that is a failure instead."""
+    if path.exists():
+        return
+    message = f"{what} not found at {path}"
+    if os.environ.get("DLA_REQUIRE_DATA") == "1":
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+@pytest.fixture(scope="session")
+def data_root(tmp_path_factory) -> Path:
+    """A data root holding the real MNIST, imported from ../shared/data/mnist as a user would."""
+    need(SHARED / "mnist", "the shared MNIST copy")
+    root = tmp_path_factory.mktemp("data")
+    import_dataset("mnist", SHARED / "mnist", root)
+    return root
+
+
+@pytest.fixture(autouse=True)
+def _isolated(monkeypatch, tmp_path):
+    """Each test runs in its own folder with no network downloads."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("DLA_DATA_ROOT", str(tmp_path / "no-data-root"))
+
+
+TINY = [
+    "model.hidden=[64]",
+    "model.dropout=0.1",
+    "data.train_subset=1024",
+    "data.val_size=512",
+    "data.test_subset=512",
+    "data.download=false",
+    "train.batch_size=128",
+    "train.epochs=3",
+    "train.patience=null",
+    "track.tracker=none",
+]
+
+
+def tiny_config(*overrides: str):
+    return load_experiment("lab1-mlp", [*TINY, *overrides])
+
+
+def copy_tree(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst)
+    return dst
