@@ -24,7 +24,7 @@ class StopAfter(Callback):
     def __init__(self, epochs: int):
         self.epochs = epochs
 
-    def on_epoch_end(self, record):
+    def on_epoch_end(self, record, model):
         if record["epoch"] == self.epochs:
             raise KeyboardInterrupt
 

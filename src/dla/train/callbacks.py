@@ -11,7 +11,7 @@ class Callback:
     def on_step_end(self, step: int, model: Any) -> None:
         """After each optimiser step (`step` counts from 1)."""
 
-    def on_epoch_end(self, record: dict[str, Any]) -> None:
+    def on_epoch_end(self, record: dict[str, Any], model: Any) -> None:
         """After each epoch's record is written and the checkpoint saved."""
 
 

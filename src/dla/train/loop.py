@@ -196,7 +196,7 @@ def fit(
                 f"lr {record['lr']:.2e}  {epoch_time:.1f}s{mark}"
             )
         for cb in callbacks:
-            cb.on_epoch_end(record)
+            cb.on_epoch_end(record, raw_model)
     if early.should_stop and main:
         tqdm.write(f"early stop: no {early.monitor} improvement for {early.patience} epochs; best epoch {early.best_epoch}")
     accelerator.wait_for_everyone()
