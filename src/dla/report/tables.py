@@ -1,0 +1,39 @@
+"""Markdown tables of runs."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+
+def _fmt(value: Any, kind: str) -> str:
+    if value is None:
+        return "-"
+    if kind == "pct":
+        return f"{100 * value:.2f}"
+    if kind == "float":
+        return f"{value:.4f}"
+    if kind == "int":
+        return f"{value:,}"
+    if kind == "time":
+        return f"{value:.1f}"
+    return str(value)
+
+
+RUN_COLUMNS = (
+    ("run", "name", "str"),
+    ("data", "data", "str"),
+    ("params", "params", "int"),
+    ("best epoch", "best_epoch", "str"),
+    ("test acc (%)", "test_acc", "pct"),
+    ("test loss", "test_loss", "float"),
+    ("time (s)", "train_time_s", "time"),
+)
+
+
+def markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[tuple[str, str, str]] = RUN_COLUMNS) -> str:
+    """Rows of dicts as a Markdown table; `columns` is (header, key, format) with format str/int/float/pct/time."""
+    head = "| " + " | ".join(h for h, _, _ in columns) + " |"
+    rule = "|" + "|".join("---" if k == "str" else "---:" for _, _, k in columns) + "|"
+    body = ["| " + " | ".join(_fmt(r.get(key), kind) for _, key, kind in columns) + " |" for r in rows]
+    return "\n".join([head, rule, *body]) + "\n"
