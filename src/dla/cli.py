@@ -115,6 +115,45 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from dla.sweep import run_sweep
+
+    try:
+        run_sweep(args.sweep, list(args.overrides), _data_root(args))
+    except KeyboardInterrupt:
+        print("\ninterrupted; run the same command again to resume the sweep", file=sys.stderr)
+        return 130
+    return 0
+
+
+def cmd_gradients(args: argparse.Namespace) -> int:
+    from dla.analysis.gradients import plot_gradients, read_gradients, summarise
+    from dla.report.tables import markdown_table
+    from dla.rundir import find_runs
+
+    runs = {}
+    for run in find_runs(args.runs):
+        label = f"{run.path.parent.name}/{run.name}"
+        clip = run.load_config().train.clip_grad_norm
+        runs[label + (f" (clip {clip:g})" if clip else "")] = read_gradients(run)
+    out = Path(args.out)
+    paths = plot_gradients(runs, out)
+    rows = [summarise(label, records) for label, records in runs.items()]
+    columns = (
+        ("run", "run", "str"),
+        ("layers", "layers", "str"),
+        ("first-layer grad (median)", "first_grad", "sci"),
+        ("last-layer grad (median)", "last_grad", "sci"),
+        ("first / last", "first_over_last", "float"),
+        ("total grad (median)", "total_grad", "sci"),
+    )
+    table = markdown_table(rows, columns)
+    (out / "gradients.md").write_text(table)
+    print(table, end="")
+    print(f"wrote {', '.join(map(str, paths))} and {out / 'gradients.md'}")
+    return 0
+
+
 def cmd_data_list(args: argparse.Namespace) -> int:
     from dla.data.vision import SPECS, locate
 
@@ -173,6 +212,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("runs", nargs="+", help="run directories, or folders to search for them")
     p.add_argument("--out", default="report", help="folder for table.md and curves.png (default: report)")
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("sweep", help="run a grid of experiments (e.g. lab1-depth), resumable, with table and plots")
+    p.add_argument("sweep", help="sweep name (configs/NAME.yaml with a sweep: section)")
+    p.add_argument("overrides", nargs="*", help="key=value for every run, e.g. budget=cpu data=fashion-mnist")
+    p.set_defaults(func=cmd_sweep)
+
+    p = sub.add_parser("gradients", help="gradient-flow plots and summary from runs' gradients.jsonl (Lab 1.3)")
+    p.add_argument("runs", nargs="+", help="run directories, or folders to search for them")
+    p.add_argument("--out", default="report/gradients", help="output folder (default: report/gradients)")
+    p.set_defaults(func=cmd_gradients)
 
     p = sub.add_parser("data", help="list or import data sets (offline use)")
     data_sub = p.add_subparsers(dest="data_command", metavar="ACTION")

@@ -77,10 +77,12 @@ class TrainConfig:
     patience: int | None = None  # epochs without improvement before stopping; None: never stop early
     min_delta: float = 0.0  # the least change that counts as an improvement
     log_every: int = 50  # steps between loss checks and progress-bar updates
+    grad_stats_every: int | None = None  # record per-layer gradient/weight norms every N steps (Lab 1.3)
 
     def validate(self) -> None:
         check_positive(
-            self, "epochs", "batch_size", "eval_batch_size", "patience", "clip_grad_norm", "log_every", prefix="train."
+            self, "epochs", "batch_size", "eval_batch_size", "patience", "clip_grad_norm", "log_every", "grad_stats_every",
+            prefix="train.",
         )
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ConfigError(f"train.label_smoothing: must be in [0, 1), got {self.label_smoothing}")
@@ -139,6 +141,8 @@ def load_experiment(name: str, overrides: list[str] | tuple[str, ...] = ()) -> E
     raw = yaml.safe_load(path.read_text()) or {}
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: an experiment file must be a mapping of sections")
+    if "sweep" in raw:
+        raise ConfigError(f"{name} is a sweep, not an experiment; run it with: dla sweep {name}")
     presets = raw.pop("presets", {}) or {}
     raw.setdefault("name", path.stem)
     pairs = [_split_override(o) for o in overrides]

@@ -15,6 +15,7 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list, set_seed
 
+from dla.analysis.gradients import GradientStats
 from dla.config import ExperimentConfig, TrainConfig, to_dict
 from dla.data.vision import ImageData, get_spec, load_image_data
 from dla.errors import ConfigError, DlaError
@@ -70,8 +71,9 @@ def train(
     data_root: Path,
     resume: RunDir | None = None,
     callbacks: Sequence[Callback] = (),
+    run_path: Path | None = None,
 ) -> RunDir:
-    """Train `cfg` into a new run directory, or continue `resume`; returns the run directory."""
+    """Train `cfg` into a new run directory (`run_path`, else a fresh one), or continue `resume`."""
     started = time.time()
     accelerator = make_accelerator(cfg.train)
     main = accelerator.is_main_process
@@ -102,7 +104,7 @@ def train(
             run.rewrite_metrics(state.history)  # drop records of an epoch that was not checkpointed
             print(f"resuming {run.path} after epoch {state.epoch}")
     else:
-        path = RunDir.new_path(cfg.runs_dir, cfg.name, cfg.run_name) if main else None
+        path = (run_path or RunDir.new_path(cfg.runs_dir, cfg.name, cfg.run_name)) if main else None
         path = broadcast_object_list([path])[0] if accelerator.num_processes > 1 else path
         run = RunDir.create(path, cfg) if main else RunDir(path)
     accelerator.wait_for_everyone()
@@ -114,6 +116,8 @@ def train(
         if main
         else Tracker()
     )
+    if main and cfg.train.grad_stats_every:
+        callbacks = [*callbacks, GradientStats(cfg.train.grad_stats_every)]
     params = count_parameters(raw_model)
     if main:
         print(

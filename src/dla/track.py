@@ -13,6 +13,9 @@ class Tracker:
     def log(self, record: dict[str, Any], step: int) -> None:
         pass
 
+    def histogram(self, tag: str, values: Any, step: int) -> None:
+        pass
+
     def close(self) -> None:
         pass
 
@@ -34,6 +37,9 @@ class TensorBoardTracker(Tracker):
             if isinstance(value, (int, float)) and not isinstance(value, bool) and key not in ("epoch", "step"):
                 self.writer.add_scalar(_tag(key), value, step)
         self.writer.flush()
+
+    def histogram(self, tag: str, values: Any, step: int) -> None:
+        self.writer.add_histogram(tag, values, step)
 
     def close(self) -> None:
         self.writer.close()

@@ -23,7 +23,7 @@ def plot_run_curves(history: list[dict[str, Any]], path: Path, title: str = "") 
         ax.grid(alpha=0.3)
         ax.legend()
     fig.suptitle(title)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_overlaid(histories: dict[str, list[dict[str, Any]]], path: Path, metrics=("val_acc", "val_loss")) -> Path:
@@ -36,10 +36,27 @@ def plot_overlaid(histories: dict[str, list[dict[str, Any]]], path: Path, metric
         ax.set_ylabel(metric.replace("_", " "))
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize="small")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
-def _save(fig: Any, path: Path) -> Path:
+def plot_xy(series: dict[str, list[tuple[float, float]]], path: Path, xlabel: str, ylabel: str) -> Path:
+    """One line with markers per series, e.g. test accuracy against depth, plain vs residual."""
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    for name, points in series.items():
+        xs, ys = zip(*sorted(points))
+        ax.plot(xs, ys, marker="o", label=name)
+        for x, y in zip(xs, ys):
+            ax.annotate(f"{y:.2f}", (x, y), textcoords="offset points", xytext=(0, 6), ha="center", fontsize=8)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_xticks(sorted({x for points in series.values() for x, _ in points}))
+    ax.grid(alpha=0.3)
+    ax.legend()
+    return save_figure(fig, path)
+
+
+def save_figure(fig: Any, path: Path) -> Path:
+    """Lay out, write as PNG and close."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

@@ -13,6 +13,8 @@ def _fmt(value: Any, kind: str) -> str:
         return f"{100 * value:.2f}"
     if kind == "float":
         return f"{value:.4f}"
+    if kind == "sci":
+        return f"{value:.3g}"
     if kind == "int":
         return f"{value:,}"
     if kind == "time":
@@ -32,7 +34,7 @@ RUN_COLUMNS = (
 
 
 def markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[tuple[str, str, str]] = RUN_COLUMNS) -> str:
-    """Rows of dicts as a Markdown table; `columns` is (header, key, format) with format str/int/float/pct/time."""
+    """Rows of dicts as a Markdown table; `columns` is (header, key, format) with format str/int/float/sci/pct/time."""
     head = "| " + " | ".join(h for h, _, _ in columns) + " |"
     rule = "|" + "|".join("---" if k == "str" else "---:" for _, _, k in columns) + "|"
     body = ["| " + " | ".join(_fmt(r.get(key), kind) for _, key, kind in columns) + " |" for r in rows]

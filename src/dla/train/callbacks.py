@@ -8,6 +8,12 @@ from typing import Any
 class Callback:
     """Hooks the training loop calls; override what you need."""
 
+    def on_fit_start(self, run: Any, tracker: Any, model: Any, step: int) -> None:
+        """Before the first epoch (`step` > 0 when resuming)."""
+
+    def on_fit_end(self) -> None:
+        """After the last epoch, also when training fails."""
+
     def on_step_end(self, step: int, model: Any) -> None:
         """After each optimiser step (`step` counts from 1)."""
 

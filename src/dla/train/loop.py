@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -113,96 +113,128 @@ def fit(
     `model` is what `accelerator.prepare` returned (DDP-wrapped under torchrun); `raw_model` is the
     plain module whose weights are saved. The best weights are loaded back into `raw_model` at the end.
     """
-    device, rank, world = accelerator.device, accelerator.process_index, accelerator.num_processes
-    train_x, train_y = data.train.x.to(device), data.train.y.to(device)
-    steps = batches_per_epoch(len(train_y), cfg.batch_size)
     main = accelerator.is_main_process
-    while state.epoch < cfg.epochs and not early.should_stop:
-        epoch = state.epoch + 1
-        model.train()
-        started = time.perf_counter()
-        sums = torch.zeros(3, device=device, dtype=torch.float64)  # loss * n, correct, n
-        pending: list[torch.Tensor] = []
-        bar = tqdm(total=steps, desc=f"epoch {epoch}/{cfg.epochs}", leave=False, disable=None if main else True)
-        batches = train_batches(train_x, train_y, cfg.batch_size, generator, rank, world, augment)
-        for i, (xb, yb) in enumerate(batches):
-            with autocast(device, cfg.precision):
-                logits = model(_prepare_input(xb, cfg.channels_last))
-                loss = F.cross_entropy(logits.float(), yb, label_smoothing=cfg.label_smoothing)
-            optimizer.zero_grad(set_to_none=True)
-            accelerator.backward(loss)
-            if cfg.clip_grad_norm is not None:
-                accelerator.clip_grad_norm_(model.parameters(), cfg.clip_grad_norm)
-            optimizer.step()
-            scheduler.step()
-            state.step += 1
-            detached = loss.detach()
-            # Report plain cross-entropy, comparable with validation, even when training with smoothing.
-            reported = F.cross_entropy(logits.detach().float(), yb) if cfg.label_smoothing else detached
-            sums[0] += reported * len(yb)
-            sums[1] += (logits.detach().argmax(1) == yb).sum()
-            sums[2] += len(yb)
-            pending.append(detached)
-            for cb in callbacks:
-                cb.on_step_end(state.step, raw_model)
-            if len(pending) == cfg.log_every or i == steps - 1:
-                _check_finite(pending, state.step, epoch, accelerator, run)
-                bar.update(len(pending))
-                bar.set_postfix(loss=f"{float(pending[-1]):.4f}")
-                pending = []
-        bar.close()
-        if world > 1:
-            sums = accelerator.reduce(sums, reduction="sum")
-        val = evaluate(model, data.val, accelerator, cfg.eval_batch_size, cfg.channels_last, cfg.precision)
-        epoch_time = time.perf_counter() - started
-        state.elapsed_s += epoch_time
-        record = {
-            "epoch": epoch,
-            "step": state.step,
-            "train_loss": float(sums[0] / sums[2]),
-            "train_acc": float(sums[1] / sums[2]),
-            "val_loss": val["loss"],
-            "val_acc": val["acc"],
-            "lr": optimizer.param_groups[0]["lr"],
-            "epoch_time_s": round(epoch_time, 3),
-            "elapsed_s": round(state.elapsed_s, 3),
-        }
-        improved = early.update(record[early.monitor], epoch)
-        record["best"] = improved
-        state.epoch = epoch
-        state.history.append(record)
-        if main and run is not None:
-            if improved:
-                save_weights(raw_model, run.best_weights, {"epoch": str(epoch)})
-            save_state(
-                {
-                    "model": raw_model.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(),
-                    "rng": rng_state(generator),
-                    "early_stopping": early.state_dict(),
-                    "fit": {"epoch": state.epoch, "step": state.step, "elapsed_s": state.elapsed_s},
-                    "history": state.history,
-                },
-                run.last_state,
-            )
-            run.append_metrics(record)
-            tracker.log(record, step=epoch)
-        if main:
-            mark = " *" if improved else ""
-            tqdm.write(
-                f"epoch {epoch:3d}  train loss {record['train_loss']:.4f} acc {record['train_acc']:.4f}  "
-                f"val loss {record['val_loss']:.4f} acc {record['val_acc']:.4f}  "
-                f"lr {record['lr']:.2e}  {epoch_time:.1f}s{mark}"
-            )
+
+    def on_step(step: int) -> None:
         for cb in callbacks:
-            cb.on_epoch_end(record, raw_model)
+            cb.on_step_end(step, raw_model)
+
+    for cb in callbacks:
+        cb.on_fit_start(run, tracker, raw_model, state.step)
+    try:
+        while state.epoch < cfg.epochs and not early.should_stop:
+            epoch = state.epoch + 1
+            started = time.perf_counter()
+            train = train_epoch(
+                model, optimizer, scheduler, data.train, cfg, accelerator, generator, state, epoch, augment,
+                on_step, run,
+            )
+            val = evaluate(model, data.val, accelerator, cfg.eval_batch_size, cfg.channels_last, cfg.precision)
+            epoch_time = time.perf_counter() - started
+            state.elapsed_s += epoch_time
+            record = {
+                "epoch": epoch,
+                "step": state.step,
+                "train_loss": train["loss"],
+                "train_acc": train["acc"],
+                "val_loss": val["loss"],
+                "val_acc": val["acc"],
+                "lr": optimizer.param_groups[0]["lr"],
+                "epoch_time_s": round(epoch_time, 3),
+                "elapsed_s": round(state.elapsed_s, 3),
+            }
+            record["best"] = early.update(record[early.monitor], epoch)
+            state.epoch = epoch
+            state.history.append(record)
+            if main and run is not None:
+                if record["best"]:
+                    save_weights(raw_model, run.best_weights, {"epoch": str(epoch)})
+                save_state(training_state(raw_model, optimizer, scheduler, generator, early, state), run.last_state)
+                run.append_metrics(record)
+                tracker.log(record, step=epoch)
+            if main:
+                tqdm.write(
+                    f"epoch {epoch:3d}  train loss {record['train_loss']:.4f} acc {record['train_acc']:.4f}  "
+                    f"val loss {record['val_loss']:.4f} acc {record['val_acc']:.4f}  "
+                    f"lr {record['lr']:.2e}  {epoch_time:.1f}s{' *' if record['best'] else ''}"
+                )
+            for cb in callbacks:
+                cb.on_epoch_end(record, raw_model)
+    finally:
+        for cb in callbacks:
+            cb.on_fit_end()
     if early.should_stop and main:
         tqdm.write(f"early stop: no {early.monitor} improvement for {early.patience} epochs; best epoch {early.best_epoch}")
     accelerator.wait_for_everyone()
     if run is not None and run.best_weights.is_file():
         load_weights(raw_model, run.best_weights)
     return state
+
+
+def train_epoch(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    data: ImageSet,
+    cfg: TrainConfig,
+    accelerator: Accelerator,
+    generator: torch.Generator,
+    state: FitState,
+    epoch: int,
+    augment: str,
+    on_step: Callable[[int], Any],
+    run: RunDir | None,
+) -> dict[str, float]:
+    """One pass over the shuffled training set; returns its mean loss and accuracy (all processes)."""
+    device, rank, world = accelerator.device, accelerator.process_index, accelerator.num_processes
+    x, y = data.x.to(device), data.y.to(device)
+    steps = batches_per_epoch(len(y), cfg.batch_size)
+    model.train()
+    sums = torch.zeros(3, device=device, dtype=torch.float64)  # loss * n, correct, n
+    pending: list[torch.Tensor] = []
+    quiet = None if accelerator.is_main_process else True  # None: a bar only on a terminal
+    bar = tqdm(total=steps, desc=f"epoch {epoch}/{cfg.epochs}", leave=False, disable=quiet)
+    for i, (xb, yb) in enumerate(train_batches(x, y, cfg.batch_size, generator, rank, world, augment)):
+        with autocast(device, cfg.precision):
+            logits = model(_prepare_input(xb, cfg.channels_last))
+            loss = F.cross_entropy(logits.float(), yb, label_smoothing=cfg.label_smoothing)
+        optimizer.zero_grad(set_to_none=True)
+        accelerator.backward(loss)
+        if cfg.clip_grad_norm is not None:
+            accelerator.clip_grad_norm_(model.parameters(), cfg.clip_grad_norm)
+        optimizer.step()
+        scheduler.step()
+        state.step += 1
+        detached = loss.detach()
+        # Report plain cross-entropy, comparable with validation, even when training with smoothing.
+        reported = F.cross_entropy(logits.detach().float(), yb) if cfg.label_smoothing else detached
+        sums[0] += reported * len(yb)
+        sums[1] += (logits.detach().argmax(1) == yb).sum()
+        sums[2] += len(yb)
+        pending.append(detached)
+        on_step(state.step)
+        if len(pending) == cfg.log_every or i == steps - 1:
+            _check_finite(pending, state.step, epoch, accelerator, run)
+            bar.update(len(pending))
+            bar.set_postfix(loss=f"{float(pending[-1]):.4f}")
+            pending = []
+    bar.close()
+    if world > 1:
+        sums = accelerator.reduce(sums, reduction="sum")
+    return {"loss": float(sums[0] / sums[2]), "acc": float(sums[1] / sums[2])}
+
+
+def training_state(raw_model, optimizer, scheduler, generator, early: EarlyStopping, state: FitState) -> dict[str, Any]:
+    """What `last.pt` holds: enough to continue exactly where this epoch ended."""
+    return {
+        "model": raw_model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "rng": rng_state(generator),
+        "early_stopping": early.state_dict(),
+        "fit": {"epoch": state.epoch, "step": state.step, "elapsed_s": state.elapsed_s},
+        "history": state.history,
+    }
 
 
 def _check_finite(pending: list[torch.Tensor], step: int, epoch: int, accelerator: Accelerator, run: RunDir | None):

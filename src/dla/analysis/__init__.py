@@ -1,0 +1,1 @@
+"""Analyses of trained runs: gradient flow (Lab 1.3)."""

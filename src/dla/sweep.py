@@ -1,0 +1,165 @@
+"""`dla sweep`: a YAML grid over a base experiment, run as ordinary runs under one sweep directory.
+
+A sweep file is a YAML file in configs/ with a top-level `sweep:` section:
+
+    sweep:
+      base: lab1-cnn                       # the experiment every run starts from
+      grid: {model.depth: [9, 17, 48], model.residual: [false, true]}
+      run_name: "Depth-{model.depth}{model.residual}"
+      labels: {model.residual: {false: "", true: "-skip"}}   # how values print in run names
+      plot: {x: model.depth, series: model.residual,        # test accuracy against x, a line per series
+             series_labels: {false: plain, true: residual}}
+
+Runs go to RUNS_DIR/<sweep>/<tag>/<run name>, where the tag names the overrides (or `sweep_name=`).
+Running the same command again skips finished runs and resumes an interrupted one from its
+checkpoint, then (re)writes table.md, curves.png and the x-plot in the sweep directory.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from dla.config import find_experiment, load_experiment
+from dla.errors import ConfigError
+from dla.report.plots import plot_overlaid, plot_xy
+from dla.report.tables import markdown_table
+from dla.rundir import RunDir
+
+FINISHED = ("completed", "stopped early")
+
+
+@dataclass
+class SweepSpec:
+    name: str
+    base: str
+    grid: dict[str, list[Any]]
+    run_name: str
+    labels: dict[str, dict[str, str]] = field(default_factory=dict)
+    plot: dict[str, Any] = field(default_factory=dict)
+
+    def combos(self) -> list[dict[str, Any]]:
+        keys = list(self.grid)
+        return [dict(zip(keys, values)) for values in itertools.product(*self.grid.values())]
+
+    def label(self, key: str, value: Any) -> str:
+        text = _text(value)
+        return self.labels.get(key, {}).get(text, text)
+
+    def name_for(self, combo: dict[str, Any]) -> str:
+        return re.sub(r"\{([^}]+)\}", lambda m: self.label(m.group(1), combo[m.group(1)]), self.run_name)
+
+
+def _text(value: Any) -> str:
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def load_sweep(name: str) -> SweepSpec:
+    path = find_experiment(name)
+    raw = yaml.safe_load(path.read_text()) or {}
+    if "sweep" not in raw:
+        raise ConfigError(f"{path} is an experiment, not a sweep (no sweep: section); use dla train {name}")
+    s = raw["sweep"]
+    missing = [k for k in ("base", "grid") if k not in s]
+    if missing:
+        raise ConfigError(f"{path}: sweep needs {', '.join(missing)}")
+    grid = {k: v if isinstance(v, list) else [v] for k, v in s["grid"].items()}
+    default_name = "-".join(f"{k.split('.')[-1]}{{{k}}}" for k in grid)
+    labels = {k: {_text(a): str(b) for a, b in v.items()} for k, v in (s.get("labels") or {}).items()}
+    return SweepSpec(path.stem, s["base"], grid, s.get("run_name", default_name), labels, s.get("plot") or {})
+
+
+def sweep_tag(overrides: list[str]) -> str:
+    tag = "_".join(re.sub(r"[^A-Za-z0-9.+-]+", "-", o) for o in overrides)
+    return tag[:120] or "default"
+
+
+def run_sweep(name: str, overrides: list[str], data_root: Path) -> Path:
+    """Run (or resume) every grid point of sweep `name`, then write its table and plots."""
+    from dla import experiment
+
+    spec = load_sweep(name)
+    own = [o for o in overrides if o.startswith("sweep_name=")]
+    rest = [o for o in overrides if not o.startswith("sweep_name=")]
+    for o in rest:  # a grid key given on the command line narrows the grid to that value
+        key, _, value = o.partition("=")
+        if key in spec.grid:
+            spec.grid[key] = [yaml.safe_load(value)]
+    rest = [o for o in rest if o.partition("=")[0] not in spec.grid]
+    tag = own[0].partition("=")[2] if own else sweep_tag(rest)
+    configs = []
+    for combo in spec.combos():
+        cfg = load_experiment(spec.base, [*rest, *(f"{k}={_text(v)}" for k, v in combo.items())])
+        configs.append((spec.name_for(combo), combo, cfg))  # every config is validated before any run starts
+    sweep_dir = Path(configs[0][2].runs_dir) / spec.name / tag
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    (sweep_dir / "sweep.yaml").write_text(
+        yaml.safe_dump({"sweep": spec.name, "base": spec.base, "grid": spec.grid, "overrides": rest}, sort_keys=False)
+    )
+    for i, (run_name, _, cfg) in enumerate(configs, 1):
+        path = sweep_dir / run_name
+        run = RunDir(path)
+        status = run.read_summary().get("status")
+        print(f"[{i}/{len(configs)}] {run_name}: ", end="", flush=True)
+        if status in FINISHED:
+            print(f"{status}, skipped")
+            continue
+        if run.last_state.is_file():
+            print("resuming")
+            experiment.train(run.load_config(), data_root, resume=run)
+            continue
+        if path.exists():
+            shutil.rmtree(path)  # started but never checkpointed: nothing to keep
+        print("starting")
+        experiment.train(cfg, data_root, run_path=path)
+    write_sweep_report(sweep_dir, spec)
+    return sweep_dir
+
+
+SWEEP_COLUMNS = (
+    ("Net", "name", "str"),
+    ("Accuracy", "test_acc", "pct"),
+    ("Loss", "test_loss", "float"),
+    ("params", "params", "int"),
+    ("best epoch", "best_epoch", "str"),
+    ("epochs run", "epochs_run", "str"),
+    ("time (s)", "train_time_s", "time"),
+    ("data", "data", "str"),
+)
+
+
+def write_sweep_report(sweep_dir: Path, spec: SweepSpec) -> None:
+    rows, histories, points = [], {}, []
+    for combo in spec.combos():
+        run = RunDir(sweep_dir / spec.name_for(combo))
+        summary = run.read_summary()
+        if summary.get("status") not in FINISHED:
+            continue
+        name = spec.name_for(combo)
+        rows.append({**summary, "name": name})
+        histories[name] = run.read_metrics()
+        if spec.plot:
+            value = combo[spec.plot["series"]]
+            label = {_text(k): str(v) for k, v in (spec.plot.get("series_labels") or {}).items()}.get(
+                _text(value), spec.label(spec.plot["series"], value)
+            )
+            points.append((combo[spec.plot["x"]], label, summary))
+    table = markdown_table(rows, SWEEP_COLUMNS)
+    (sweep_dir / "table.md").write_text(table)
+    print(f"\n{sweep_dir}\n{table}", end="")
+    if histories:
+        plot_overlaid(histories, sweep_dir / "curves.png")
+    if points:
+        x = spec.plot["x"]
+        series = {}
+        for xv, label, summary in points:
+            series.setdefault(label, []).append((xv, 100 * summary["test_acc"]))
+        out = sweep_dir / f"{x.split('.')[-1]}.png"
+        plot_xy(series, out, xlabel=x, ylabel="test accuracy (%)")
+        print(f"wrote {sweep_dir / 'table.md'}, {sweep_dir / 'curves.png'}, {out}")
