@@ -8,7 +8,7 @@ from safetensors.torch import load_file
 
 from conftest import tiny_config
 from dla import experiment
-from dla.errors import CheckpointError, TrainingDiverged
+from dla.errors import CheckpointError, ConfigError, TrainingDiverged
 from dla.models import build_model
 from dla.models.mlp import MLPConfig
 from dla.rundir import RunDir
@@ -127,3 +127,13 @@ def test_no_unsafe_torch_load_in_code():
             if re.search(r"\bpickle\.loads?\(", line):
                 offenders.append(f"{path}:{lineno}")
     assert not offenders, offenders
+
+
+def test_wandb_without_the_package_fails_before_training(data_root, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else real(name, *a))
+    with pytest.raises(ConfigError, match="tracker=wandb needs the wandb package"):
+        experiment.train(tiny_config("run_name=wb", "tracker=wandb"), data_root)
+    assert not Path("runs").exists()

@@ -64,13 +64,13 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from PIL import Image, UnidentifiedImageError
 
     from dla.data.vision import get_spec
-    from dla.experiment import load_run_model
+    from dla.experiment import class_names, load_run_model
     from dla.rundir import RunDir
 
     run = RunDir.open(args.run)
     model, cfg = load_run_model(run)
-    spec = get_spec(cfg.data.name)
-    c, h, w = spec.shape
+    c, h, w = get_spec(cfg.data.name).shape
+    classes = class_names(cfg)
     for path in args.images:
         try:
             image = Image.open(path).convert("L" if c == 1 else "RGB").resize((w, h), Image.BILINEAR)
@@ -82,8 +82,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
             x = 1.0 - x
         with torch.inference_mode():
             probs = model(x).softmax(1)[0]
-        top = probs.topk(min(args.top_k, len(spec.classes)))
-        ranked = [(spec.classes[i], float(p)) for p, i in zip(top.values, top.indices)]
+        top = probs.topk(min(args.top_k, len(classes)))
+        ranked = [(classes[i], float(p)) for p, i in zip(top.values, top.indices)]
         if args.json:
             print(json.dumps({"image": str(path), "top": [{"class": k, "prob": p} for k, p in ranked]}))
         else:
@@ -151,6 +151,56 @@ def cmd_gradients(args: argparse.Namespace) -> int:
     (out / "gradients.md").write_text(table)
     print(table, end="")
     print(f"wrote {', '.join(map(str, paths))} and {out / 'gradients.md'}")
+    return 0
+
+
+def cmd_ood(args: argparse.Namespace) -> int:
+    from dla.analysis.ood_study import run_odin_grid, run_ood
+    from dla.rundir import RunDir
+
+    run = RunDir.open(args.run)
+    sets = [s.strip() for s in args.ood.split(",") if s.strip()]
+    if args.odin_grid:
+        for name in sets:
+            run_odin_grid(run, name, _data_root(args), n=args.n)
+    else:
+        detectors = [d.strip() for d in args.detectors.split(",") if d.strip()]
+        run_ood(run, sets, detectors, _data_root(args), n=args.n, odin_t=args.odin_t, odin_eps=args.odin_eps)
+    print(f"wrote {run.path / 'ood'}")
+    return 0
+
+
+def cmd_attack(args: argparse.Namespace) -> int:
+    from dla.analysis.adversarial import accuracy_under_attack, parse_eps, plot_gallery
+    from dla.data.ood import sample
+    from dla.experiment import class_names, load_data, load_run_model
+    from dla.report.plots import plot_xy
+    from dla.report.tables import markdown_table
+    from dla.rundir import RunDir
+
+    try:
+        epsilons = parse_eps(args.eps)
+    except ValueError as exc:
+        raise DlaError(str(exc)) from None
+    run = RunDir.open(args.run)
+    model, cfg = load_run_model(run)
+    data = load_data(cfg, _data_root(args))
+    test = sample(data.test, args.n, 0)
+    x, y = test.x.float() / 255.0, test.y
+    rows = accuracy_under_attack(model, x, y, args.method, epsilons, args.steps)
+    out = run.path / "attack"
+    table = markdown_table(
+        rows, (("eps", "eps", "sci"), ("eps x 255", "eps_255", "time"), ("accuracy (%)", "acc", "pct"))
+    )
+    header = f"{args.method} on {len(y)} {data.source} test images; run {run.path}\n\n"
+    out.mkdir(exist_ok=True)
+    (out / f"{args.method}.md").write_text(header + table)
+    plot_xy({args.method: [(r["eps_255"], 100 * r["acc"]) for r in rows]}, out / f"{args.method}_accuracy.png",
+            xlabel="eps (x 1/255)", ylabel="test accuracy (%)")
+    plot_gallery(model, x[:6], y[:6], class_names(cfg), args.method, epsilons,
+                 out / f"{args.method}_gallery.png", args.steps)
+    print(header + table, end="")
+    print(f"wrote {out}")
     return 0
 
 
@@ -222,6 +272,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("runs", nargs="+", help="run directories, or folders to search for them")
     p.add_argument("--out", default="report/gradients", help="output folder (default: report/gradients)")
     p.set_defaults(func=cmd_gradients)
+
+    p = sub.add_parser("ood", help="OOD detection scores, metrics and plots for a run (Lab 3.1, 3.3)")
+    p.add_argument("run", help="run directory")
+    p.add_argument("--ood", default="mnist", help="OOD sets, comma-separated: mnist, fashion-mnist, cifar10, "
+                   "noise-uniform, noise-gaussian, heldout (classes a data.classes run never saw); default mnist")
+    p.add_argument("--detectors", default="msp,maxlogit,energy,odin,mahalanobis")
+    p.add_argument("--n", type=int, default=2000, help="images per set (default 2000)")
+    p.add_argument("--odin-t", type=float, default=1000.0)
+    p.add_argument("--odin-eps", type=float, default=0.0014)
+    p.add_argument("--odin-grid", action="store_true", help="the T x eps grid, best chosen on a validation half")
+    p.set_defaults(func=cmd_ood)
+
+    p = sub.add_parser("attack", help="accuracy under FGSM or PGD attack, table, plot and gallery (Lab 3.2)")
+    p.add_argument("run", help="run directory")
+    p.add_argument("--method", choices=["fgsm", "pgd"], default="fgsm")
+    p.add_argument("--eps", default="0,1/255,2/255,4/255,8/255,16/255,32/255", help="comma-separated, e.g. 0,8/255")
+    p.add_argument("--steps", type=int, default=10, help="PGD steps (step size 2.5 eps / steps)")
+    p.add_argument("--n", type=int, default=1000, help="test images to attack (default 1000)")
+    p.set_defaults(func=cmd_attack)
 
     p = sub.add_parser("data", help="list or import data sets (offline use)")
     data_sub = p.add_subparsers(dest="data_command", metavar="ACTION")

@@ -31,10 +31,13 @@ class DataConfig:
     test_subset: int | None = None  # evaluate on only the first N test images
     split_seed: int = 0
     augment: Literal["none", "crop-flip", "crop"] = "none"
+    classes: list[int] | None = None  # train on these classes only (e.g. [0,1,2,3,4,5]); the rest are held out
     download: bool = True  # try the canonical source when the data set is not on disk
 
     def validate(self) -> None:
         check_positive(self, "val_size", "train_subset", "test_subset", prefix="data.")
+        if self.classes is not None and (len(set(self.classes)) < 2 or min(self.classes) < 0):
+            raise ConfigError(f"data.classes: needs at least two distinct class indices >= 0, got {self.classes}")
 
 
 @dataclass
@@ -78,6 +81,10 @@ class TrainConfig:
     min_delta: float = 0.0  # the least change that counts as an improvement
     log_every: int = 50  # steps between loss checks and progress-bar updates
     grad_stats_every: int | None = None  # record per-layer gradient/weight norms every N steps (Lab 1.3)
+    adversarial: Literal["none", "fgsm_rs", "pgd"] = "none"  # train on attacks made on the fly (Lab 3.2)
+    adv_eps: float = 0.1  # L-infinity radius in pixel units (8/255 ~ 0.031 for CIFAR)
+    adv_alpha: float | None = None  # step; default 1.25 * eps (fgsm_rs) or 2.5 * eps / steps (pgd)
+    adv_steps: int = 7  # pgd steps
 
     def validate(self) -> None:
         check_positive(
@@ -86,6 +93,7 @@ class TrainConfig:
         )
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ConfigError(f"train.label_smoothing: must be in [0, 1), got {self.label_smoothing}")
+        check_positive(self, "adv_eps", "adv_alpha", "adv_steps", prefix="train.")
         if self.min_delta < 0:
             raise ConfigError(f"train.min_delta: must be >= 0, got {self.min_delta}")
 

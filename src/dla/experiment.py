@@ -18,12 +18,12 @@ from accelerate.utils import broadcast_object_list, set_seed
 from dla.analysis.gradients import GradientStats
 from dla.config import ExperimentConfig, TrainConfig, to_dict
 from dla.data.vision import ImageData, get_spec, load_image_data
-from dla.errors import ConfigError, DlaError
+from dla.errors import ConfigError
 from dla.models import build_model, count_parameters
 from dla.report.plots import plot_run_curves
 from dla.report.tables import markdown_table
 from dla.rundir import RunDir
-from dla.track import Tracker, make_tracker
+from dla.track import Tracker, check_tracker, make_tracker
 from dla.train.callbacks import Callback, EarlyStopping
 from dla.train.checkpoint import load_state, load_weights
 from dla.train.loop import FitState, evaluate, fit, set_rng_state
@@ -48,9 +48,15 @@ def make_accelerator(cfg: TrainConfig) -> Accelerator:
     return accelerator
 
 
+def class_names(cfg: ExperimentConfig) -> tuple[str, ...]:
+    """The names of the classes a run's model predicts, in output order."""
+    names = get_spec(cfg.data.name).classes
+    return tuple(names[i] for i in cfg.data.classes) if cfg.data.classes else names
+
+
 def model_for(cfg: ExperimentConfig) -> torch.nn.Module:
     spec = get_spec(cfg.data.name)
-    return build_model(cfg.model, spec.shape, len(spec.classes), spec.mean, spec.std)
+    return build_model(cfg.model, spec.shape, len(class_names(cfg)), spec.mean, spec.std)
 
 
 def load_run_model(run: RunDir, device: torch.device | str = "cpu") -> tuple[torch.nn.Module, ExperimentConfig]:
@@ -63,7 +69,9 @@ def load_run_model(run: RunDir, device: torch.device | str = "cpu") -> tuple[tor
 
 def load_data(cfg: ExperimentConfig, data_root: Path) -> ImageData:
     d = cfg.data
-    return load_image_data(d.name, data_root, d.val_size, d.split_seed, d.train_subset, d.test_subset, d.download)
+    return load_image_data(
+        d.name, data_root, d.val_size, d.split_seed, d.train_subset, d.test_subset, d.download, d.classes
+    )
 
 
 def train(
@@ -75,6 +83,7 @@ def train(
 ) -> RunDir:
     """Train `cfg` into a new run directory (`run_path`, else a fresh one), or continue `resume`."""
     started = time.time()
+    check_tracker(cfg.track.tracker)
     accelerator = make_accelerator(cfg.train)
     main = accelerator.is_main_process
     set_seed(cfg.seed)
@@ -111,11 +120,10 @@ def train(
 
     model = torch.compile(raw_model) if cfg.train.compile else raw_model
     model, optimizer = accelerator.prepare(model, optimizer)
-    tracker = (
-        make_tracker(cfg.track.tracker, str(run.path), run.name, cfg.track.project, to_dict(cfg), state.epoch)
-        if main
-        else Tracker()
-    )
+    tracker = Tracker()
+    if main:
+        label = f"{cfg.name}-{run.name}"
+        tracker = make_tracker(cfg.track.tracker, str(run.path), label, cfg.track.project, to_dict(cfg), state.epoch)
     if main and cfg.train.grad_stats_every:
         callbacks = [*callbacks, GradientStats(cfg.train.grad_stats_every)]
     params = count_parameters(raw_model)
@@ -138,34 +146,13 @@ def train(
     except KeyboardInterrupt:
         status = "interrupted"
         raise
-    except DlaError:
+    except Exception:
         status = "failed"
         raise
     finally:
         tracker.close()
         if main and status != "running":
-            summary = {
-                "experiment": cfg.name,
-                "run": run.name,
-                "status": status,
-                "data": data.source,
-                "model": cfg.model.name,
-                "params": params,
-                "epochs_run": state.epoch,
-                "steps": state.step,
-                "best_epoch": early.best_epoch,
-                "monitor": early.monitor,
-                "best_value": early.best,
-                "train_time_s": round(state.elapsed_s, 2),
-                "wall_time_s": round(time.time() - started, 2),
-                "torch": torch.__version__,
-                "device": str(accelerator.device),
-                "processes": accelerator.num_processes,
-                "precision": cfg.train.precision,
-            }
-            best = next((r for r in state.history if r["epoch"] == early.best_epoch), None)
-            if best:
-                summary.update(best_val_loss=best["val_loss"], best_val_acc=best["val_acc"])
+            summary = run_summary(cfg, run, status, data, params, state, early, accelerator, time.time() - started)
             if status in ("completed", "stopped early"):
                 summary.update(test_loss=test["loss"], test_acc=test["acc"])
             else:
@@ -177,3 +164,40 @@ def train(
         print(f"best epoch {early.best_epoch} ({early.monitor} {early.best:.4f}); results in {run.path}\n")
         print(markdown_table([{**run.read_summary(), "name": f"{cfg.name}/{run.name}"}]), end="")
     return run
+
+
+def run_summary(
+    cfg: ExperimentConfig,
+    run: RunDir,
+    status: str,
+    data: ImageData,
+    params: int,
+    state: FitState,
+    early: EarlyStopping,
+    accelerator: Accelerator,
+    wall_time_s: float,
+) -> dict:
+    """What summary.json records about a run (test metrics are added by the caller)."""
+    summary = {
+        "experiment": cfg.name,
+        "run": run.name,
+        "status": status,
+        "data": data.source,
+        "model": cfg.model.name,
+        "params": params,
+        "epochs_run": state.epoch,
+        "steps": state.step,
+        "best_epoch": early.best_epoch,
+        "monitor": early.monitor,
+        "best_value": early.best,
+        "train_time_s": round(state.elapsed_s, 2),
+        "wall_time_s": round(wall_time_s, 2),
+        "torch": torch.__version__,
+        "device": str(accelerator.device),
+        "processes": accelerator.num_processes,
+        "precision": cfg.train.precision,
+    }
+    best = next((r for r in state.history if r["epoch"] == early.best_epoch), None)
+    if best:
+        summary.update(best_val_loss=best["val_loss"], best_val_acc=best["val_acc"])
+    return summary

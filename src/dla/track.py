@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 from typing import Any
 
 from dla.errors import ConfigError
@@ -47,10 +48,9 @@ class TensorBoardTracker(Tracker):
 
 class WandbTracker(Tracker):
     def __init__(self, project: str, name: str, run_dir: str, config: dict[str, Any]):
-        try:
-            import wandb
-        except ImportError:
-            raise ConfigError("tracker=wandb needs the wandb package: pip install 'dla[wandb]'") from None
+        check_tracker("wandb")
+        import wandb
+
         # WANDB_MODE=offline is honoured by wandb itself.
         self.run = wandb.init(project=project, name=name, dir=run_dir, config=config, id=name, resume="allow")
 
@@ -59,6 +59,12 @@ class WandbTracker(Tracker):
 
     def close(self) -> None:
         self.run.finish()
+
+
+def check_tracker(kind: str) -> None:
+    """Fail before any work when the chosen tracker cannot be used."""
+    if kind == "wandb" and importlib.util.find_spec("wandb") is None:
+        raise ConfigError("tracker=wandb needs the wandb package: pip install 'dla[wandb]' (or use tracker=tensorboard)")
 
 
 def make_tracker(kind: str, run_dir: str, name: str, project: str, config: dict[str, Any], start_step: int = 0) -> Tracker:

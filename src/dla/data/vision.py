@@ -339,6 +339,20 @@ def _load_cifar(spec: VisionSpec, root: Path, download: bool) -> tuple[ImageSet,
     return train, test, f"{spec.title} (JPEG train copy)"
 
 
+def keep_classes(images: ImageSet, classes: list[int]) -> ImageSet:
+    """The images of `classes`, relabelled 0..k-1 in that order."""
+    lookup = torch.full((int(images.y.max()) + 1,), -1, dtype=torch.long)
+    lookup[torch.tensor(classes)] = torch.arange(len(classes))
+    mask = lookup[images.y] >= 0
+    return ImageSet(images.x[mask], lookup[images.y[mask]])
+
+
+def drop_classes(images: ImageSet, classes: list[int]) -> ImageSet:
+    """The images of every class not in `classes` (the held-out ones), labels unchanged."""
+    mask = ~torch.isin(images.y, torch.tensor(classes))
+    return ImageSet(images.x[mask], images.y[mask])
+
+
 def load_image_data(
     name: str,
     root: Path,
@@ -347,10 +361,20 @@ def load_image_data(
     train_subset: int | None = None,
     test_subset: int | None = None,
     download: bool = True,
+    classes: list[int] | None = None,
 ) -> ImageData:
-    """Load `name`, carve a validation split from the training set with a fixed seed, subset if asked."""
+    """Load `name`, carve a validation split from the training set with a fixed seed, subset if asked.
+
+    With `classes`, only those classes are kept, relabelled 0..k-1 in the order given.
+    """
     spec = get_spec(name)
     full_train, test, source = load_arrays(name, root, download)
+    if classes is not None:
+        bad = [c for c in classes if c >= len(spec.classes)]
+        if bad:
+            raise DataError(f"data.classes: {spec.title} has classes 0-{len(spec.classes) - 1}, not {bad}")
+        full_train, test = keep_classes(full_train, classes), keep_classes(test, classes)
+        source = f"{source} (classes {','.join(map(str, classes))})"
     if val_size >= len(full_train):
         raise DataError(f"data.val_size={val_size} leaves no training images ({len(full_train)} in {spec.title})")
     perm = torch.randperm(len(full_train), generator=torch.Generator().manual_seed(split_seed))

@@ -62,3 +62,55 @@ def save_figure(fig: Any, path: Path) -> Path:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def plot_score_histograms(scores: dict[str, tuple[Any, Any]], path: Path, title: str = "") -> Path:
+    """One panel per detector: ID vs OOD score histograms (higher = more in-distribution)."""
+    fig, axes = plt.subplots(1, len(scores), figsize=(4 * len(scores), 3.4), squeeze=False)
+    for ax, (name, (s_id, s_ood)) in zip(axes[0], scores.items()):
+        lo, hi = float(min(s_id.min(), s_ood.min())), float(max(s_id.max(), s_ood.max()))
+        bins = [lo + (hi - lo) * i / 50 for i in range(51)] if hi > lo else 10
+        ax.hist(s_id, bins=bins, alpha=0.6, density=True, label="ID")
+        ax.hist(s_ood, bins=bins, alpha=0.6, density=True, label="OOD")
+        ax.set_title(name)
+        ax.set_xlabel("score")
+    axes[0][0].legend()
+    fig.suptitle(title)
+    return save_figure(fig, path)
+
+
+def plot_roc_pr(curves: dict[str, tuple[Any, Any]], path: Path, title: str = "") -> Path:
+    """ROC and precision-recall curves (ID positive), one line per detector."""
+    from sklearn.metrics import precision_recall_curve, roc_curve
+
+    import numpy as np
+
+    fig, (roc_ax, pr_ax) = plt.subplots(1, 2, figsize=(10, 4))
+    for name, (s_id, s_ood) in curves.items():
+        labels = np.concatenate([np.ones(len(s_id)), np.zeros(len(s_ood))])
+        scores = np.concatenate([np.asarray(s_id), np.asarray(s_ood)])
+        fpr, tpr, _ = roc_curve(labels, scores)
+        precision, recall, _ = precision_recall_curve(labels, scores)
+        roc_ax.plot(fpr, tpr, label=name)
+        pr_ax.plot(recall, precision, label=name)
+    roc_ax.plot([0, 1], [0, 1], "k:", lw=0.8)
+    roc_ax.set(xlabel="false positive rate (OOD kept)", ylabel="true positive rate (ID kept)", title="ROC")
+    pr_ax.set(xlabel="recall (ID)", ylabel="precision (ID)", title="precision-recall")
+    for ax in (roc_ax, pr_ax):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize="small")
+    fig.suptitle(title)
+    return save_figure(fig, path)
+
+
+def plot_heatmap(values: Any, rows: list[str], cols: list[str], path: Path, title: str, xlabel: str, ylabel: str) -> Path:
+    fig, ax = plt.subplots(figsize=(1 + 0.8 * len(cols), 1 + 0.6 * len(rows)))
+    im = ax.imshow(values, cmap="viridis", aspect="auto")
+    ax.set_xticks(range(len(cols)), cols, rotation=45)
+    ax.set_yticks(range(len(rows)), rows)
+    for i in range(len(rows)):
+        for j in range(len(cols)):
+            ax.text(j, i, f"{values[i][j]:.3f}", ha="center", va="center", fontsize=7, color="w")
+    ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
+    fig.colorbar(im, ax=ax)
+    return save_figure(fig, path)

@@ -194,7 +194,10 @@ def train_epoch(
     pending: list[torch.Tensor] = []
     quiet = None if accelerator.is_main_process else True  # None: a bar only on a terminal
     bar = tqdm(total=steps, desc=f"epoch {epoch}/{cfg.epochs}", leave=False, disable=quiet)
+    attacked = accelerator.unwrap_model(model)  # input gradients only: no DDP gradient sync
     for i, (xb, yb) in enumerate(train_batches(x, y, cfg.batch_size, generator, rank, world, augment)):
+        if cfg.adversarial != "none":
+            xb = adversarial_batch(attacked, xb, yb, cfg, generator)
         with autocast(device, cfg.precision):
             logits = model(_prepare_input(xb, cfg.channels_last))
             loss = F.cross_entropy(logits.float(), yb, label_smoothing=cfg.label_smoothing)
@@ -222,6 +225,16 @@ def train_epoch(
     if world > 1:
         sums = accelerator.reduce(sums, reduction="sum")
     return {"loss": float(sums[0] / sums[2]), "acc": float(sums[1] / sums[2])}
+
+
+def adversarial_batch(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig, generator) -> torch.Tensor:
+    """Replace a batch by attacks on the current model (fast FGSM with random start, or PGD)."""
+    from dla.analysis.adversarial import fgsm_rs, pgd
+
+    with autocast(x.device, cfg.precision):
+        if cfg.adversarial == "fgsm_rs":
+            return fgsm_rs(model, x, y, cfg.adv_eps, cfg.adv_alpha, generator=generator)
+        return pgd(model, x, y, cfg.adv_eps, cfg.adv_alpha, cfg.adv_steps, generator=generator)
 
 
 def training_state(raw_model, optimizer, scheduler, generator, early: EarlyStopping, state: FitState) -> dict[str, Any]:

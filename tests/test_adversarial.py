@@ -1,0 +1,78 @@
+"""Lab 3.2: FGSM and PGD cross-checked against torchattacks, PGD's constraints, adversarial training, `dla attack`."""
+
+import pytest
+import torch
+import torchattacks
+
+from conftest import tiny_config
+from dla import experiment
+from dla.analysis.adversarial import fgsm, parse_eps, pgd
+from dla.cli import main
+from dla.models import build_model
+from dla.models.cnn import CNNConfig
+
+
+@pytest.fixture(scope="module")
+def model_and_batch():
+    torch.manual_seed(0)
+    model = build_model(CNNConfig(depth=9, width=4, fc_width=16), (1, 28, 28), 10, (0.5,), (0.3,)).eval()
+    x = torch.rand(16, 1, 28, 28)
+    y = torch.randint(0, 10, (16,))
+    return model, x, y
+
+
+def test_fgsm_matches_torchattacks(model_and_batch):
+    model, x, y = model_and_batch
+    ours = fgsm(model, x, y, eps=8 / 255)
+    theirs = torchattacks.FGSM(model, eps=8 / 255)(x, y)
+    assert torch.allclose(ours, theirs, atol=1e-6)
+
+
+def test_pgd_matches_torchattacks(model_and_batch):
+    model, x, y = model_and_batch
+    ours = pgd(model, x, y, eps=8 / 255, alpha=2 / 255, steps=5, random_start=False)
+    theirs = torchattacks.PGD(model, eps=8 / 255, alpha=2 / 255, steps=5, random_start=False)(x, y)
+    assert torch.allclose(ours, theirs, atol=1e-6)
+
+
+def test_pgd_stays_in_the_ball_and_the_image_range(model_and_batch):
+    model, x, y = model_and_batch
+    eps = 0.1
+    adv = pgd(model, x, y, eps=eps, steps=7, generator=torch.Generator().manual_seed(1))
+    assert float((adv - x).abs().max()) <= eps + 1e-6
+    assert float(adv.min()) >= 0.0 and float(adv.max()) <= 1.0
+    assert not torch.equal(adv, x)
+
+
+def test_attacks_raise_the_loss_and_targeted_fgsm_lowers_the_target_loss(model_and_batch):
+    model, x, y = model_and_batch
+    def ce(inp, lab):
+        with torch.no_grad():
+            return float(torch.nn.functional.cross_entropy(model(inp), lab))
+
+    assert ce(fgsm(model, x, y, 0.1), y) > ce(x, y)
+    assert ce(pgd(model, x, y, 0.1, steps=5), y) > ce(fgsm(model, x, y, 0.1), y) - 1e-3
+    target = (y + 1) % 10
+    assert ce(fgsm(model, x, target, 0.1, targeted=True), target) < ce(x, target)
+
+
+def test_parse_eps():
+    assert parse_eps("0, 8/255,0.1") == [0.0, 8 / 255, 0.1]
+    with pytest.raises(ValueError, match="--eps"):
+        parse_eps("8/0")
+
+
+@pytest.mark.parametrize("method", ["fgsm_rs", "pgd"])
+def test_adversarial_training_end_to_end_and_dla_attack(data_root, method, monkeypatch):
+    cfg = tiny_config("run_name=adv", f"train.adversarial={method}", "train.adv_eps=0.1", "train.adv_steps=2",
+                      "train.epochs=2")
+    run = experiment.train(cfg, data_root)
+    assert run.read_summary()["status"] == "completed" and run.read_summary()["test_acc"] > 0.3
+    monkeypatch.setenv("DLA_DATA_ROOT", str(data_root))
+    assert main(["attack", str(run.path), "--method", "pgd", "--eps", "0,0.05,0.1", "--n", "64", "--steps", "3"]) == 0
+    out = run.path / "attack"
+    table = (out / "pgd.md").read_text()
+    rows = [line.split("|") for line in table.splitlines() if line.startswith("| 0")]
+    accs = [float(r[3]) for r in rows]
+    assert [r[1].strip() for r in rows] == ["0", "0.05", "0.1"] and accs[-1] <= accs[0]
+    assert (out / "pgd_accuracy.png").is_file() and (out / "pgd_gallery.png").stat().st_size > 5000

@@ -1,0 +1,125 @@
+"""Lab 3.1/3.3: OOD scores, metrics, ODIN and its grid, Mahalanobis, and `dla ood` end to end."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import average_precision_score, roc_auc_score
+from torch import nn
+
+from conftest import FASHION_SYSTEM, need
+from dla import experiment
+from dla.analysis import ood
+from dla.analysis.ood_study import run_odin_grid, run_ood
+from dla.config import load_experiment
+from dla.data.ood import ood_images, to_shape
+from dla.models import build_model
+from dla.models.mlp import MLPConfig
+
+
+def toy_model(seed=0, in_shape=(1, 4, 4), classes=3):
+    torch.manual_seed(seed)
+    return build_model(MLPConfig(hidden=[16], dropout=0.0), in_shape, classes, (0.5,), (0.25,)).eval()
+
+
+def test_scores_on_known_logits():
+    logits = torch.tensor([[2.0, 0.0, 0.0], [1.0, 1.0, 1.0]])
+    assert torch.allclose(ood.msp(logits), torch.tensor([np.exp(2) / (np.exp(2) + 2), 1 / 3], dtype=torch.float32))
+    assert torch.equal(ood.max_logit(logits), torch.tensor([2.0, 1.0]))
+    assert torch.allclose(ood.energy(logits), torch.logsumexp(logits, 1))
+    assert torch.allclose(ood.energy(logits, 2.0), 2.0 * torch.logsumexp(logits / 2.0, 1))
+
+
+def test_metrics_match_scikit_learn():
+    rng = np.random.default_rng(0)
+    s_id, s_ood = rng.normal(1.0, 1.0, 300), rng.normal(0.0, 1.0, 200)
+    m = ood.ood_metrics(s_id, s_ood)
+    labels = np.r_[np.ones(300), np.zeros(200)]
+    scores = np.r_[s_id, s_ood]
+    assert m["auroc"] == pytest.approx(roc_auc_score(labels, scores))
+    assert m["aupr_in"] == pytest.approx(average_precision_score(labels, scores))
+    assert m["aupr_out"] == pytest.approx(average_precision_score(1 - labels, -scores))
+    # FPR@95: the share of OOD scores at or above the threshold that keeps 95% of ID scores
+    threshold = np.sort(s_id)[::-1][int(np.ceil(0.95 * 300)) - 1]
+    assert m["fpr95"] == pytest.approx(np.mean(s_ood >= threshold))
+
+
+def test_perfect_and_inverted_detectors():
+    perfect = ood.ood_metrics([0.9, 0.8, 0.95], [0.1, 0.2])
+    assert perfect == {"auroc": 1.0, "aupr_in": 1.0, "aupr_out": 1.0, "fpr95": 0.0}
+    assert ood.ood_metrics([0.1, 0.2], [0.9, 0.8])["auroc"] == 0.0
+
+
+def test_odin_at_t1_eps0_is_msp():
+    model, x = toy_model(), torch.rand(20, 1, 4, 4)
+    assert torch.allclose(ood.odin(model, x, temperature=1.0, eps=0.0), ood.msp(ood.logits_of(model, x)))
+
+
+def test_odin_step_raises_the_tempered_max_softmax():
+    model, x = toy_model(), torch.rand(50, 1, 4, 4) * 0.5 + 0.25
+    before = ood.odin(model, x, temperature=10.0, eps=0.0)
+    after = ood.odin(model, x, temperature=10.0, eps=0.01)
+    assert (after >= before - 1e-6).float().mean() > 0.9
+
+
+def test_shared_gradient_grid_equals_naive_grid():
+    model, x = toy_model(), torch.rand(30, 1, 4, 4)
+    temps, epss = (1, 10, 1000), (0, 0.001, 0.02)
+    fast = ood.odin_grid(model, x, temps, epss, batch_size=16)
+    slow = ood.odin_grid_naive(model, x, temps, epss, batch_size=16)
+    assert set(fast) == set(slow)
+    for key in fast:
+        assert torch.allclose(fast[key], slow[key], atol=1e-6), key
+
+
+def test_mahalanobis_matches_manual_distances():
+    model = toy_model(classes=2)
+    x = torch.rand(200, 1, 4, 4)
+    y = (x.mean((1, 2, 3)) > 0.5).long()
+    maha = ood.Mahalanobis.fit(model, x, y)
+    with torch.no_grad():
+        feats = ood.penultimate(model, x)[0].double().numpy()
+    means = np.stack([feats[y.numpy() == c].mean(0) for c in (0, 1)])
+    cov = np.cov((feats - means[y.numpy()]).T, bias=True)
+    prec = np.linalg.pinv(cov, hermitian=True)
+    diff = feats[:5] - means[0]
+    manual = np.einsum("nd,de,ne->n", diff, prec, diff)
+    got = maha.distances(torch.tensor(feats[:5], dtype=torch.float32))[:, 0].numpy()
+    assert np.allclose(got, manual, rtol=1e-3)
+    far = torch.rand(20, 1, 4, 4) * 40 - 20  # far outside [0, 1]: must look much less in-distribution
+    assert maha.scores(model, far).max() < maha.scores(model, x).median()
+
+
+def test_ood_images_adapt_shape(data_root):
+    x = ood_images("mnist", (3, 32, 32), data_root, 8, download=False)
+    assert x.shape == (8, 3, 32, 32) and 0 <= float(x.min()) and float(x.max()) <= 1
+    assert torch.equal(x[:, 0], x[:, 1])  # grey tiled to RGB
+    assert to_shape(torch.rand(2, 3, 32, 32), (1, 28, 28)).shape == (2, 1, 28, 28)
+    assert ood_images("noise-gaussian", (1, 28, 28), data_root, 4).shape == (4, 1, 28, 28)
+
+
+@pytest.fixture
+def fashion_run(data_root, tmp_path):
+    need(FASHION_SYSTEM, "Debian's dataset-fashion-mnist")
+    cfg = load_experiment("lab1-cnn", ["budget=smoke", "data=fashion-mnist", "train.epochs=2", "track.tracker=none",
+                                       "data.classes=[0,1,2,3,4,5]", "run_name=ood"])
+    return experiment.train(cfg, data_root)
+
+
+def test_dla_ood_writes_table_and_plots(fashion_run, data_root):
+    rows = run_ood(fashion_run, ["mnist", "noise-uniform", "heldout"], list(ood.DETECTORS), data_root, n=200)
+    assert len(rows) == 3 * len(ood.DETECTORS)
+    assert all(0.0 <= r["auroc"] <= 1.0 and 0.0 <= r["fpr95"] <= 1.0 for r in rows)
+    out = fashion_run.path / "ood"
+    table = (out / "table.md").read_text()
+    assert "| heldout | mahalanobis |" in table and "classes 0,1,2,3,4,5" in table
+    assert len(json.loads((out / "metrics.json").read_text())) == len(rows)
+    for name in ("mnist", "noise-uniform", "heldout"):
+        assert (out / f"hist_{name}.png").stat().st_size > 5000 and (out / f"roc_pr_{name}.png").stat().st_size > 5000
+
+    result = run_odin_grid(fashion_run, "mnist", data_root, n=100, temperatures=(1, 1000), epsilons=(0, 0.002, 0.02))
+    assert result["baseline"]["T"] == 1 and result["baseline"]["eps"] == 0
+    assert result["best_on_val"]["val"] >= result["baseline"]["val"]
+    for name in ("odin_grid.md", "odin_heatmap.png", "odin_auroc_vs_eps.png"):
+        assert (out / name).is_file()
