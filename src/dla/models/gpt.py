@@ -1,0 +1,205 @@
+"""A LLaMA-style GPT in one file (Lab 2.1).
+
+Token embedding, then `n_layer` pre-norm blocks of
+    x + Attention(RMSNorm(x))   causal self-attention, rotary positions (RoPE), grouped-query heads
+    x + SwiGLU(RMSNorm(x))      W2(silu(W1 x) * W3 x)
+then a final RMSNorm and an LM head tied to the embedding. Attention runs through
+`scaled_dot_product_attention`; generation keeps a KV cache so each new token costs one position.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dla.errors import ConfigError
+
+
+@dataclass
+class GPTConfig:
+    name: str = "gpt"
+    vocab_size: int = 256  # set from the tokenizer when training
+    block_size: int = 256  # longest context
+    n_layer: int = 4
+    n_head: int = 4
+    n_kv_heads: int | None = None  # grouped-query attention; None: one K/V head per query head
+    n_embd: int = 128
+    ffn_hidden: int | None = None  # SwiGLU width; None: about 8/3 * n_embd, rounded up to a multiple of 32
+    dropout: float = 0.0
+    rope_base: float = 10000.0
+
+    def validate(self) -> None:
+        kv = self.n_kv_heads or self.n_head
+        if self.n_embd % self.n_head:
+            raise ConfigError(f"model.n_embd={self.n_embd} must be divisible by model.n_head={self.n_head}")
+        if self.n_head % kv:
+            raise ConfigError(f"model.n_head={self.n_head} must be a multiple of model.n_kv_heads={kv}")
+        if (self.n_embd // self.n_head) % 2:
+            raise ConfigError("model: the head size n_embd / n_head must be even for rotary embeddings")
+
+    @property
+    def hidden(self) -> int:
+        return self.ffn_hidden or 32 * math.ceil(8 * self.n_embd / 3 / 32)
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float = 1e-6):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
+
+
+def rope_tables(head_dim: int, length: int, base: float, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin of shape (length, head_dim / 2) for positions 0..length-1."""
+    inv_freq = 1.0 / base ** (torch.arange(0, head_dim, 2, device=device).float() / head_dim)
+    angles = torch.outer(torch.arange(length, device=device).float(), inv_freq)
+    return angles.cos(), angles.sin()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate pairs (x[..., 2i], x[..., 2i+1]) of x (B, H, T, D) by position-dependent angles."""
+    x1, x2 = x.float()[..., 0::2], x.float()[..., 1::2]
+    cos, sin = cos[None, None], sin[None, None]
+    out = torch.stack([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).flatten(-2)
+    return out.type_as(x)
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.n_head, self.n_kv = cfg.n_head, cfg.n_kv_heads or cfg.n_head
+        self.head_dim = cfg.n_embd // cfg.n_head
+        self.wq = nn.Linear(cfg.n_embd, cfg.n_head * self.head_dim, bias=False)
+        self.wkv = nn.Linear(cfg.n_embd, 2 * self.n_kv * self.head_dim, bias=False)
+        self.wo = nn.Linear(cfg.n_head * self.head_dim, cfg.n_embd, bias=False)
+        self.dropout = cfg.dropout
+
+    def forward(self, x, cos, sin, cache: dict | None = None) -> torch.Tensor:
+        b, t, _ = x.shape
+        q = self.wq(x).view(b, t, self.n_head, self.head_dim).transpose(1, 2)
+        k, v = self.wkv(x).view(b, t, 2, self.n_kv, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if cache is not None:  # append this step's keys and values to those of earlier positions
+            if "k" in cache:
+                k, v = torch.cat([cache["k"], k], 2), torch.cat([cache["v"], v], 2)
+            cache["k"], cache["v"] = k, v
+        causal = t > 1 and k.shape[2] == t  # with a cache, a single new query may see every cached key
+        if t > 1 and not causal:
+            raise ValueError("prefill with a non-empty cache is not supported; feed one token at a time")
+        y = F.scaled_dot_product_attention(
+            q, k, v, is_causal=causal, dropout_p=self.dropout if self.training else 0.0,
+            enable_gqa=self.n_kv != self.n_head,
+        )
+        return self.wo(y.transpose(1, 2).reshape(b, t, -1))
+
+
+class SwiGLU(nn.Module):
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.w13 = nn.Linear(cfg.n_embd, 2 * cfg.hidden, bias=False)  # W1 and W3 in one matmul
+        self.w2 = nn.Linear(cfg.hidden, cfg.n_embd, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate, up = self.w13(x).chunk(2, dim=-1)
+        return self.w2(F.silu(gate) * up)
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.norm1, self.attn = RMSNorm(cfg.n_embd), Attention(cfg)
+        self.norm2, self.mlp = RMSNorm(cfg.n_embd), SwiGLU(cfg)
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x, cos, sin, cache=None):
+        x = x + self.drop(self.attn(self.norm1(x), cos, sin, cache))
+        return x + self.drop(self.mlp(self.norm2(x)))
+
+
+class GPT(nn.Module):
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.embed = nn.Embedding(cfg.vocab_size, cfg.n_embd)
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
+        self.norm = RMSNorm(cfg.n_embd)
+        self.head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
+        self.head.weight = self.embed.weight  # tied
+        cos, sin = rope_tables(cfg.n_embd // cfg.n_head, cfg.block_size, cfg.rope_base)
+        self.register_buffer("cos", cos, persistent=False)
+        self.register_buffer("sin", sin, persistent=False)
+        self.apply(self._init)
+        for name, p in self.named_parameters():  # scaled init of residual projections (GPT-2)
+            if name.endswith(("wo.weight", "w2.weight")):
+                nn.init.normal_(p, std=0.02 / math.sqrt(2 * cfg.n_layer))
+
+    @staticmethod
+    def _init(m: nn.Module) -> None:
+        if isinstance(m, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(m.weight, std=0.02)
+
+    def forward(self, idx: torch.Tensor, caches: list[dict] | None = None, start: int = 0) -> torch.Tensor:
+        """Logits (B, T, vocab) for token ids (B, T) at positions start..start+T-1."""
+        t = idx.shape[1]
+        if start + t > self.cfg.block_size:
+            raise ValueError(f"sequence of {start + t} tokens exceeds block_size {self.cfg.block_size}")
+        cos, sin = self.cos[start : start + t], self.sin[start : start + t]
+        x = self.embed(idx)
+        for i, block in enumerate(self.blocks):
+            x = block(x, cos, sin, caches[i] if caches is not None else None)
+        return self.head(self.norm(x))
+
+    @torch.inference_mode()
+    def generate(
+        self,
+        prompt_ids: torch.Tensor,
+        max_new_tokens: int,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        seed: int | None = None,
+        use_cache: bool = True,
+    ):
+        """Yield new token ids one at a time (sampling; temperature 0 is greedy). The context slides
+        when it fills block_size (the cache is then rebuilt from the last block_size tokens)."""
+        gen = torch.Generator(device=prompt_ids.device)
+        gen.manual_seed(seed if seed is not None else torch.seed())
+        ids = prompt_ids.view(1, -1)
+        caches: list[dict] | None = None
+        for _ in range(max_new_tokens):
+            if caches is None:  # (re)start: one full pass over the last block_size tokens fills the caches
+                window = ids[:, -self.cfg.block_size :]
+                caches = [{} for _ in self.blocks] if use_cache else None
+                logits = self(window, caches)[:, -1]
+                pos = window.shape[1]
+            next_id = sample_next(logits[0].float(), temperature, top_k, top_p, gen)
+            yield int(next_id)
+            ids = torch.cat([ids, next_id.view(1, 1)], 1)
+            if caches is not None and pos < self.cfg.block_size:
+                logits = self(next_id.view(1, 1), caches, start=pos)[:, -1]
+                pos += 1
+            else:
+                caches = None
+
+
+def sample_next(logits: torch.Tensor, temperature: float, top_k: int | None, top_p: float | None, gen) -> torch.Tensor:
+    """One id from 1-D `logits`: greedy at temperature 0, else softmax(logits / T) cut to top-k and nucleus top-p."""
+    if temperature == 0:
+        return logits.argmax()
+    logits = logits / temperature
+    if top_k is not None and top_k < logits.numel():
+        kth = torch.topk(logits, top_k).values[-1]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None and top_p < 1.0:
+        sorted_logits, order = logits.sort(descending=True)
+        cumulative = sorted_logits.softmax(0).cumsum(0)
+        drop = cumulative - sorted_logits.softmax(0) >= top_p  # keep the smallest set reaching top_p
+        logits = logits.masked_fill(torch.zeros_like(drop).scatter(0, order, drop), float("-inf"))
+    return torch.multinomial(logits.softmax(0), 1, generator=gen)[0]

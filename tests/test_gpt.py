@@ -1,0 +1,88 @@
+"""The LLaMA-style GPT (Lab 2.1 model): RoPE, KV cache, GQA, causality, learning, sampling."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from dla.errors import ConfigError
+from dla.models.gpt import GPT, GPTConfig, apply_rope, rope_tables, sample_next
+
+
+def tiny(**kw) -> GPT:
+    torch.manual_seed(0)
+    return GPT(GPTConfig(**{"vocab_size": 50, "block_size": 32, "n_layer": 2, "n_head": 4, "n_embd": 32, **kw})).eval()
+
+
+def test_rope_scores_depend_only_on_relative_position():
+    cos, sin = rope_tables(16, 64, 10000.0)
+    q, k = torch.randn(1, 1, 1, 16), torch.randn(1, 1, 1, 16)
+
+    def score(i, j):
+        return float((apply_rope(q, cos[i : i + 1], sin[i : i + 1]) * apply_rope(k, cos[j : j + 1], sin[j : j + 1])).sum())
+
+    assert score(5, 2) == pytest.approx(score(25, 22), rel=1e-4)
+    assert score(5, 2) != pytest.approx(score(5, 4), rel=1e-3)
+
+
+def test_kv_cache_generation_equals_full_recomputation():
+    model = tiny()
+    prompt = torch.tensor([1, 2, 3, 4])
+    cached = list(model.generate(prompt, 40, temperature=0))  # runs past block_size: the window slides
+    full = list(model.generate(prompt, 40, temperature=0, use_cache=False))
+    assert cached == full and len(cached) == 40
+
+
+def test_gqa_with_as_many_kv_heads_equals_multi_head_attention():
+    a, b = tiny(n_kv_heads=None), tiny(n_kv_heads=4)
+    idx = torch.randint(0, 50, (2, 10))
+    assert torch.allclose(a(idx), b(idx), atol=1e-6)
+    grouped = tiny(n_kv_heads=2)
+    assert grouped.blocks[0].attn.wkv.out_features == 2 * 2 * 8
+    assert grouped(idx).shape == (2, 10, 50)
+
+
+def test_causal_mask_future_tokens_do_not_change_past_logits():
+    model = tiny()
+    idx = torch.randint(0, 50, (1, 12))
+    changed = idx.clone()
+    changed[0, 8:] = (changed[0, 8:] + 7) % 50
+    assert torch.allclose(model(idx)[0, :8], model(changed)[0, :8], atol=1e-6)
+    assert not torch.allclose(model(idx)[0, 8:], model(changed)[0, 8:])
+
+
+def test_tiny_model_overfits_a_short_string():
+    text = b"nel mezzo del cammin di nostra vita"
+    ids = torch.tensor(list(text)).view(1, -1)
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=256, block_size=64, n_layer=2, n_head=2, n_embd=64))
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    for _ in range(150):
+        loss = F.cross_entropy(model(ids[:, :-1])[0], ids[0, 1:])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert loss.item() < 0.05
+
+
+def test_head_is_tied_and_config_is_checked():
+    model = tiny()
+    assert model.head.weight is model.embed.weight
+    with pytest.raises(ConfigError, match="divisible"):
+        GPTConfig(n_embd=30, n_head=4).validate()
+    with pytest.raises(ConfigError, match="multiple of model.n_kv_heads"):
+        GPTConfig(n_head=4, n_kv_heads=3).validate()
+
+
+def test_sampling_respects_seed_top_k_and_top_p():
+    model = tiny()
+    prompt = torch.tensor([1, 2, 3])
+    a = list(model.generate(prompt, 20, temperature=1.0, seed=7))
+    assert a == list(model.generate(prompt, 20, temperature=1.0, seed=7))
+    assert a != list(model.generate(prompt, 20, temperature=1.0, seed=8))
+    logits = torch.tensor([3.0, 2.0, 1.0, 0.0, -1.0])
+    gen = torch.Generator().manual_seed(0)
+    draws = {int(sample_next(logits, 1.0, 2, None, gen)) for _ in range(200)}
+    assert draws == {0, 1}
+    # top_p 0.6: softmax is [0.64, 0.23, ...], so only the first token survives
+    assert {int(sample_next(logits, 1.0, None, 0.6, gen)) for _ in range(100)} == {0}
+    assert {int(sample_next(logits, 1.0, None, 0.8, gen)) for _ in range(300)} == {0, 1}
