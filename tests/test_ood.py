@@ -99,6 +99,13 @@ def test_ood_images_adapt_shape(data_root):
     assert ood_images("noise-gaussian", (1, 28, 28), data_root, 4).shape == (4, 1, 28, 28)
 
 
+def test_online_only_sets_fail_offline_with_the_alternatives(tmp_path):
+    from dla.errors import DataError
+
+    with pytest.raises(DataError, match="svhn comes from torchvision and needs a network.*offline use: mnist"):
+        ood_images("svhn", (3, 32, 32), tmp_path, 10, download=False)
+
+
 @pytest.fixture
 def fashion_run(data_root, tmp_path):
     need(FASHION_SYSTEM, "Debian's dataset-fashion-mnist")

@@ -276,7 +276,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("ood", help="OOD detection scores, metrics and plots for a run (Lab 3.1, 3.3)")
     p.add_argument("run", help="run directory")
     p.add_argument("--ood", default="mnist", help="OOD sets, comma-separated: mnist, fashion-mnist, cifar10, "
-                   "noise-uniform, noise-gaussian, heldout (classes a data.classes run never saw); default mnist")
+                   "noise-uniform, noise-gaussian, heldout (classes a data.classes run never saw); "
+                   "online also svhn, cifar100; default mnist")
     p.add_argument("--detectors", default="msp,maxlogit,energy,odin,mahalanobis")
     p.add_argument("--n", type=int, default=2000, help="images per set (default 2000)")
     p.add_argument("--odin-t", type=float, default=1000.0)

@@ -16,7 +16,8 @@ from dla.data.vision import SPECS, ImageSet, load_arrays
 from dla.errors import DataError
 
 SYNTHETIC = ("noise-uniform", "noise-gaussian")
-OOD_SETS = (*SPECS, *SYNTHETIC)
+ONLINE_ONLY = ("svhn", "cifar100")  # test splits through torchvision; no offline copy exists here
+OOD_SETS = (*SPECS, *SYNTHETIC, *ONLINE_ONLY)
 
 
 def to_shape(x: torch.Tensor, shape: tuple[int, int, int]) -> torch.Tensor:
@@ -46,8 +47,26 @@ def ood_images(
         return torch.rand(n, *shape, generator=gen)
     if name == "noise-gaussian":
         return (0.5 + 0.25 * torch.randn(n, *shape, generator=gen)).clamp(0, 1)
-    if name not in SPECS:
+    if name in ONLINE_ONLY:
+        test = _torchvision_test(name, root, download)
+    elif name in SPECS:
+        _, test, _ = load_arrays(name, root, download)
+    else:
         raise DataError(f"unknown OOD set {name!r}; valid: {', '.join(OOD_SETS)}")
-    _, test, _ = load_arrays(name, root, download)
     picked = sample(test, n, seed)
     return to_shape(picked.x.float() / 255.0, shape)
+
+
+def _torchvision_test(name: str, root: Path, download: bool) -> ImageSet:
+    import torchvision
+
+    try:
+        if name == "svhn":
+            ds = torchvision.datasets.SVHN(str(root / "svhn"), split="test", download=download)
+            return ImageSet(torch.from_numpy(ds.data), torch.from_numpy(ds.labels).long())
+        ds = torchvision.datasets.CIFAR100(str(root), train=False, download=download)
+        return ImageSet(torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous(), torch.tensor(ds.targets))
+    except Exception as exc:  # noqa: BLE001  (offline, or a failed download: the same advice)
+        reason = (str(exc).splitlines() or [type(exc).__name__])[0][:100]
+        offline = ", ".join(s for s in OOD_SETS if s not in ONLINE_ONLY)
+        raise DataError(f"{name} comes from torchvision and needs a network ({reason}); offline use: {offline}") from None
