@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 import torch
 from sklearn.metrics import average_precision_score, roc_auc_score
-from torch import nn
 
 from conftest import FASHION_SYSTEM, need
 from dla import experiment

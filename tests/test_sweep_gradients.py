@@ -1,6 +1,5 @@
 """Lab 1.2 sweep (smoke budget, real Fashion-MNIST) and the Lab 1.3 gradient-flow callback and plots."""
 
-import json
 
 import pytest
 import torch
