@@ -100,10 +100,9 @@ def cmd_report(args: argparse.Namespace) -> int:
     rows, histories = [], {}
     for run in runs:
         summary = run.read_summary()
-        label = f"{run.path.parent.name}/{run.name}"
-        rows.append({**summary, "name": label})
+        rows.append({**summary, "name": run.label})
         if history := run.read_metrics():
-            histories[label] = history
+            histories[run.label] = history
     table = markdown_table(rows)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -133,9 +132,8 @@ def cmd_gradients(args: argparse.Namespace) -> int:
 
     runs = {}
     for run in find_runs(args.runs):
-        label = f"{run.path.parent.name}/{run.name}"
         clip = run.load_config().train.clip_grad_norm
-        runs[label + (f" (clip {clip:g})" if clip else "")] = read_gradients(run)
+        runs[run.label + (f" (clip {clip:g})" if clip else "")] = read_gradients(run)
     out = Path(args.out)
     paths = plot_gradients(runs, out)
     rows = [summarise(label, records) for label, records in runs.items()]
@@ -172,6 +170,7 @@ def cmd_ood(args: argparse.Namespace) -> int:
 
 def cmd_attack(args: argparse.Namespace) -> int:
     from dla.analysis.adversarial import accuracy_under_attack, parse_eps, plot_gallery
+    from dla.data.batches import to_unit_float
     from dla.data.ood import sample
     from dla.experiment import class_names, load_data, load_run_model
     from dla.report.plots import plot_xy
@@ -186,7 +185,7 @@ def cmd_attack(args: argparse.Namespace) -> int:
     model, cfg = load_run_model(run)
     data = load_data(cfg, _data_root(args))
     test = sample(data.test, args.n, 0)
-    x, y = test.x.float() / 255.0, test.y
+    x, y = to_unit_float(test.x), test.y
     rows = accuracy_under_attack(model, x, y, args.method, epsilons, args.steps)
     out = run.path / "attack"
     table = markdown_table(

@@ -38,6 +38,11 @@ class RunDir:
     def name(self) -> str:
         return self.path.name
 
+    @property
+    def label(self) -> str:
+        """`parent/name`, e.g. `lab1-mlp/mnist`: how reports name a run."""
+        return f"{self.path.parent.name}/{self.name}"
+
     @classmethod
     def new_path(cls, runs_dir: str | Path, experiment: str, run_name: str | None) -> Path:
         """A fresh, unused path `runs_dir/experiment/run_name` (default: a timestamp)."""

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from dla.analysis import ood
+from dla.data.batches import to_unit_float
 from dla.data.ood import ood_images, sample
 from dla.data.vision import drop_classes, get_spec, load_arrays
 from dla.errors import DlaError
@@ -54,7 +55,7 @@ def ood_set_images(name: str, cfg, data_root: Path, n: int, seed: int) -> torch.
         if not cfg.data.classes:
             raise DlaError("--ood heldout needs a run trained with data.classes=[...] (e.g. [0,1,2,3,4,5])")
         _, test, _ = load_arrays(cfg.data.name, data_root, cfg.data.download)
-        return sample(drop_classes(test, cfg.data.classes), n, seed).x.float() / 255.0
+        return to_unit_float(sample(drop_classes(test, cfg.data.classes), n, seed).x)
     return ood_images(name, get_spec(cfg.data.name).shape, data_root, n, seed, cfg.data.download)
 
 
@@ -74,11 +75,11 @@ def run_ood(
         raise DlaError(f"unknown detector {unknown[0]!r}; valid: {', '.join(ood.DETECTORS)}")
     model, cfg = load_run_model(run)
     data = load_data(cfg, data_root)
-    x_id = sample(data.test, n, seed).x.float() / 255.0
+    x_id = to_unit_float(sample(data.test, n, seed).x)
     maha = None
     if "mahalanobis" in detectors:
         fit_set = sample(data.train, 10000, seed)
-        maha = ood.Mahalanobis.fit(model, fit_set.x.float() / 255.0, fit_set.y)
+        maha = ood.Mahalanobis.fit(model, to_unit_float(fit_set.x), fit_set.y)
     out = run.path / "ood"
     out.mkdir(exist_ok=True)
     id_scores = {d: detector_scores(d, model, x_id, maha, odin_t, odin_eps) for d in detectors}
@@ -114,7 +115,7 @@ def run_odin_grid(
     """The T x eps grid; the best cell is chosen on a validation half of ID and OOD, reported on the test half."""
     model, cfg = load_run_model(run)
     data = load_data(cfg, data_root)
-    x_id = sample(data.test, n, seed).x.float() / 255.0
+    x_id = to_unit_float(sample(data.test, n, seed).x)
     x_ood = ood_set_images(ood_set, cfg, data_root, n, seed)
     grid = ood.odin_grid(model, torch.cat([x_id, x_ood]), temperatures, epsilons)
     halves = {"val": slice(0, None, 2), "test": slice(1, None, 2)}  # alternate images, so both halves mix alike

@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from dla.data.batches import to_unit_float
 from dla.data.vision import SPECS, ImageSet, load_arrays
 from dla.errors import DataError
 
@@ -54,7 +55,7 @@ def ood_images(
     else:
         raise DataError(f"unknown OOD set {name!r}; valid: {', '.join(OOD_SETS)}")
     picked = sample(test, n, seed)
-    return to_shape(picked.x.float() / 255.0, shape)
+    return to_shape(to_unit_float(picked.x), shape)
 
 
 def _torchvision_test(name: str, root: Path, download: bool) -> ImageSet:
