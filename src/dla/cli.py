@@ -46,10 +46,20 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from dla import experiment
     from dla.rundir import RunDir
 
+    from dla.data.text import load_tokenizer
+
     run = RunDir.open(args.run)
     cfg = run.load_config()
     accelerator = experiment.make_accelerator(cfg.train)
     model, _ = experiment.load_run_model(run, accelerator.device)
+    if experiment.is_text(cfg):
+        data = experiment.load_data(cfg, _data_root(args), load_tokenizer(run.tokenizer))
+        test = experiment.make_task(cfg, data).test(model, accelerator, cfg.train)
+        result = {"run": str(run.path), "data": data.source, **{f"test_{k}": v for k, v in test.items()}}
+        text = (f"{run.path}: {data.source} test loss {test['loss']:.4f} nats/token, {test['bpc']:.4f} bits/char; "
+                f"last-position loss of {cfg.data.block_size}-token windows {test['last_pos_loss']:.4f}")
+        print(json.dumps(result) if args.json else text)
+        return 0
     data = experiment.load_data(cfg, _data_root(args))
     metrics = experiment.evaluate(
         model, data.test, accelerator, cfg.train.eval_batch_size, cfg.train.channels_last, cfg.train.precision
@@ -91,9 +101,29 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_generate(args: argparse.Namespace) -> int:
+    from dla.generate_run import default_prompt, load_lm_run, stream_text
+
+    model, tokenizer, cfg = load_lm_run(args.run)
+    prompt = args.prompt if args.prompt is not None else default_prompt(cfg)
+    prompt = prompt.replace("\\n", "\n")  # let a shell user write line breaks as \n
+    top_k = args.top_k if args.top_k and args.top_k > 0 else None
+    tokenizer.encode(prompt)  # an unknown character fails here, before any output
+    sys.stdout.write(prompt)
+    sys.stdout.flush()
+    try:
+        for piece in stream_text(model, tokenizer, prompt, args.max_new_tokens, args.temperature, top_k, args.top_p, args.seed):
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+    except KeyboardInterrupt:
+        pass
+    sys.stdout.write("\n")
+    return 0
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from dla.report.plots import plot_overlaid
-    from dla.report.tables import markdown_table
+    from dla.report.tables import markdown_table, run_columns
     from dla.rundir import find_runs
 
     runs = find_runs(args.runs)
@@ -103,7 +133,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         rows.append({**summary, "name": run.label})
         if history := run.read_metrics():
             histories[run.label] = history
-    table = markdown_table(rows)
+    table = markdown_table(rows, run_columns(rows))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "table.md").write_text(table)
@@ -204,6 +234,7 @@ def cmd_attack(args: argparse.Namespace) -> int:
 
 
 def cmd_data_list(args: argparse.Namespace) -> int:
+    from dla.data import text
     from dla.data.vision import SPECS, locate
 
     root = _data_root(args)
@@ -215,6 +246,12 @@ def cmd_data_list(args: argparse.Namespace) -> int:
         where = f"{loc.directory} ({loc.source})" if loc.directory else f"not found; {SPECS[name].import_hint}"
         extra = f"  missing: {', '.join(loc.missing)}" if loc.found and loc.missing else ""
         print(f"{name:15} {loc.status:9} {checksum:9} {where}{extra}")
+    inferno = text.inferno_path(root)
+    if inferno.is_file():
+        ok = text.md5(inferno.read_bytes()) == text.INFERNO_MD5
+        print(f"{'inferno':15} {'complete':9} {'ok' if ok else 'differs':9} {inferno}")
+    else:
+        print(f"{'inferno':15} {'missing':9} {'-':9} not found; {text.INFERNO_HINT}")
     return 0
 
 
@@ -222,6 +259,11 @@ def cmd_data_import(args: argparse.Namespace) -> int:
     from dla.data.vision import import_dataset
 
     root = _data_root(args)
+    if args.name == "inferno":
+        from dla.data.text import import_inferno
+
+        print(f"inferno: checksum ok, imported into {import_inferno(Path(args.path), root)}")
+        return 0
     loc = import_dataset(args.name, Path(args.path), root)
     missing = f" (still missing: {', '.join(loc.missing)})" if loc.missing else ""
     print(f"{args.name}: checksums ok, imported into {loc.directory}{missing}")
@@ -256,6 +298,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--invert", action="store_true", help="invert grey levels (dark digit on light paper)")
     p.add_argument("--json", action="store_true", help="one JSON object per image")
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("generate", help="stream text from a Lab 2.1 language-model run")
+    p.add_argument("run", help="run directory of a language model (e.g. runs/lab2-gpt-char/<run>)")
+    p.add_argument("--prompt", help='text to continue (default: "Nel mezzo del cammin"); \\n for a line break')
+    p.add_argument("--max-new-tokens", type=int, default=500)
+    p.add_argument("--temperature", type=float, default=0.8, help="0 for greedy decoding")
+    p.add_argument("--top-k", type=int, default=50, help="0 to disable")
+    p.add_argument("--top-p", type=float, default=0.95, help="nucleus sampling; 1 to disable")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser("report", help="a Markdown table and overlaid validation curves of runs")
     p.add_argument("runs", nargs="+", help="run directories, or folders to search for them")
@@ -298,7 +350,7 @@ def build_parser() -> argparse.ArgumentParser:
     q = data_sub.add_parser("list", help="each data set: present or missing, where, checksum")
     q.set_defaults(func=cmd_data_list)
     q = data_sub.add_parser("import", help="verify a local copy and put it where the loaders find it")
-    q.add_argument("name", choices=["mnist", "fashion-mnist", "cifar10"])
+    q.add_argument("name", choices=["mnist", "fashion-mnist", "cifar10", "inferno"])
     q.add_argument("path", help="a folder (searched recursively) or a file")
     q.set_defaults(func=cmd_data_import)
     return parser

@@ -41,6 +41,31 @@ class DataConfig:
 
 
 @dataclass
+class TextDataConfig:
+    """A text corpus for language modelling (Lab 2.1): tokenizer, context length and contiguous splits."""
+
+    name: Literal["inferno"] = "inferno"
+    path: str | None = None  # train on any UTF-8 text file instead of the named corpus
+    tokenizer: Literal["char", "bpe"] = "char"
+    vocab_size: int = 5549  # bpe only (the original's SentencePiece-BPE size)
+    min_frequency: int = 2  # bpe only
+    block_size: int = 64  # tokens of context per training window
+    splits: list[float] = field(default_factory=lambda: [0.8, 0.1, 0.1])  # train/val/test, contiguous, in order
+    download: bool = True  # fetch Project Gutenberg #997 when the Inferno is not on disk
+
+    def validate(self) -> None:
+        check_positive(self, "vocab_size", "min_frequency", "block_size", prefix="data.")
+        if len(self.splits) != 3 or min(self.splits) < 0 or self.splits[0] <= 0 or self.splits[1] <= 0:
+            raise ConfigError(
+                f"data.splits: three fractions train,val,test with train and val > 0 (test 0 scores on val), "
+                f"got {self.splits}"
+            )
+
+
+TEXT_DATA = ("inferno",)
+
+
+@dataclass
 class OptimConfig:
     name: Literal["sgd", "adamw", "adam"] = "adamw"
     lr: float = 1e-3
@@ -67,6 +92,9 @@ class SchedConfig:
 @dataclass
 class TrainConfig:
     epochs: int = 10  # the most epochs (early stopping may end sooner)
+    max_steps: int | None = None  # language models: train for this many steps instead of epochs
+    eval_every: int = 250  # language models: steps between evaluations (a "round" of the loop)
+    eval_batches: int = 20  # language models: batches averaged for each train/val loss estimate
     batch_size: int = 128  # global batch: split across processes under torchrun
     eval_batch_size: int = 1024
     label_smoothing: float = 0.0
@@ -88,7 +116,7 @@ class TrainConfig:
 
     def validate(self) -> None:
         check_positive(
-            self, "epochs", "batch_size", "eval_batch_size", "patience", "clip_grad_norm", "log_every", "grad_stats_every",
+            self, "epochs", "max_steps", "eval_every", "eval_batches", "batch_size", "eval_batch_size", "patience", "clip_grad_norm", "log_every", "grad_stats_every",
             prefix="train.",
         )
         if not 0.0 <= self.label_smoothing < 1.0:
@@ -110,7 +138,7 @@ class ExperimentConfig:
     seed: int = 0
     runs_dir: str = "runs"
     run_name: str | None = None  # default: a timestamp
-    data: DataConfig = field(default_factory=DataConfig)
+    data: Any = field(default_factory=DataConfig)  # DataConfig, or TextDataConfig for a text corpus
     model: Any = None  # the dataclass registered for model.name (see dla.models)
     optim: OptimConfig = field(default_factory=OptimConfig)
     sched: SchedConfig = field(default_factory=SchedConfig)
@@ -241,6 +269,9 @@ def _build(cls: type, raw: Any, prefix: str) -> Any:
         key = prefix + name
         if cls is ExperimentConfig and name == "model":
             kwargs[name] = _build(_model_class(raw[name], prefix), raw[name], key + ".")
+        elif cls is ExperimentConfig and name == "data":
+            text = isinstance(raw[name], dict) and raw[name].get("name") in TEXT_DATA
+            kwargs[name] = _build(TextDataConfig if text else DataConfig, raw[name], key + ".")
         else:
             kwargs[name] = coerce(raw[name], hints[name], key)
     try:

@@ -7,6 +7,8 @@
         checkpoints/      best.safetensors (weights), last.pt (resumable state, weights-only)
         tb/               TensorBoard events
         plots/            PNG figures
+        tokenizer.json    language models: the tokenizer fitted on the training text
+        sample.txt        language models: a sample generated from the best weights
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ class RunDir:
     last_state = property(lambda self: self.path / "checkpoints" / "last.pt")
     tb = property(lambda self: self.path / "tb")
     plots = property(lambda self: self.path / "plots")
+    tokenizer = property(lambda self: self.path / "tokenizer.json")  # language models
+    sample = property(lambda self: self.path / "sample.txt")  # language models: text generated after training
 
     @property
     def name(self) -> str:

@@ -134,6 +134,19 @@ SWEEP_COLUMNS = (
 )
 
 
+LM_SWEEP_COLUMNS = (
+    ("Net", "name", "str"),
+    ("test loss (nats/token)", "test_loss", "float"),
+    ("last-position loss", "test_last_pos_loss", "float"),
+    ("test bits/char", "test_bpc", "float"),
+    ("best val loss", "best_val_loss", "float"),
+    ("params", "params", "int"),
+    ("steps to best", "best_step", "str"),
+    ("steps run", "steps", "str"),
+    ("time (s)", "wall_time_s", "time"),
+)
+
+
 def write_sweep_report(sweep_dir: Path, spec: SweepSpec) -> None:
     rows, histories, points = [], {}, []
     for combo in spec.combos():
@@ -150,16 +163,17 @@ def write_sweep_report(sweep_dir: Path, spec: SweepSpec) -> None:
                 _text(value), spec.label(spec.plot["series"], value)
             )
             points.append((combo[spec.plot["x"]], label, summary))
-    table = markdown_table(rows, SWEEP_COLUMNS)
+    lm = bool(rows) and all(r.get("unit") == "round" for r in rows)
+    table = markdown_table(rows, LM_SWEEP_COLUMNS if lm else SWEEP_COLUMNS)
     (sweep_dir / "table.md").write_text(table)
     print(f"\n{sweep_dir}\n{table}", end="")
     if histories:
         plot_overlaid(histories, sweep_dir / "curves.png")
     if points:
-        x = spec.plot["x"]
+        x, y = spec.plot["x"], spec.plot.get("y", "test_acc")
         series = {}
         for xv, label, summary in points:
-            series.setdefault(label, []).append((xv, 100 * summary["test_acc"]))
+            series.setdefault(label, []).append((xv, 100 * summary[y] if y == "test_acc" else summary[y]))
         out = sweep_dir / f"{x.split('.')[-1]}.png"
-        plot_xy(series, out, xlabel=x, ylabel="test accuracy (%)")
+        plot_xy(series, out, xlabel=x, ylabel="test accuracy (%)" if y == "test_acc" else y.replace("_", " "))
         print(f"wrote {sweep_dir / 'table.md'}, {sweep_dir / 'curves.png'}, {out}")

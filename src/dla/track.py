@@ -17,6 +17,9 @@ class Tracker:
     def histogram(self, tag: str, values: Any, step: int) -> None:
         pass
 
+    def text(self, tag: str, text: str, step: int) -> None:
+        pass
+
     def close(self) -> None:
         pass
 
@@ -42,6 +45,11 @@ class TensorBoardTracker(Tracker):
     def histogram(self, tag: str, values: Any, step: int) -> None:
         self.writer.add_histogram(tag, values, step)
 
+    def text(self, tag: str, text: str, step: int) -> None:
+        # Markdown in TensorBoard's text tab: indent four spaces so line breaks and spacing survive.
+        self.writer.add_text(tag, "\n".join("    " + line for line in text.split("\n")), step)
+        self.writer.flush()
+
     def close(self) -> None:
         self.writer.close()
 
@@ -56,6 +64,11 @@ class WandbTracker(Tracker):
 
     def log(self, record: dict[str, Any], step: int) -> None:
         self.run.log({_tag(k): v for k, v in record.items() if not isinstance(v, bool)}, step=step)
+
+    def text(self, tag: str, text: str, step: int) -> None:
+        import wandb
+
+        self.run.log({tag: wandb.Html(f"<pre>{text}</pre>")}, step=step)
 
     def close(self) -> None:
         self.run.finish()

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dla.errors import ConfigError
+from dla.models.registry import register_model
 
 
 @dataclass
@@ -187,6 +188,12 @@ class GPT(nn.Module):
                 pos += 1
             else:
                 caches = None
+
+
+@register_model("gpt", GPTConfig)
+def build_gpt(cfg: GPTConfig, input_shape: tuple[int, ...], vocab_size: int) -> GPT:
+    """The language model; `vocab_size` and `block_size` come from the tokenizer and data config."""
+    return GPT(cfg)
 
 
 def sample_next(logits: torch.Tensor, temperature: float, top_k: int | None, top_p: float | None, gen) -> torch.Tensor:

@@ -11,14 +11,21 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 
+def x_axis(history: list[dict[str, Any]]) -> str:
+    """Classifiers are plotted per epoch; language models (no accuracy) per optimiser step."""
+    return "epoch" if history and "val_acc" in history[0] else "step"
+
+
 def plot_run_curves(history: list[dict[str, Any]], path: Path, title: str = "") -> Path:
-    """Train and validation loss and accuracy per epoch of one run."""
+    """Train and validation loss and accuracy (or bits per char) per epoch or step of one run."""
+    second = "acc" if "val_acc" in history[0] else "bpc"
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
-    epochs = [r["epoch"] for r in history]
-    for ax, metric in zip(axes, ("loss", "acc")):
+    x = x_axis(history)
+    xs = [r[x] for r in history]
+    for ax, metric in zip(axes, ("loss", second)):
         for split, style in (("train", "--"), ("val", "-")):
-            ax.plot(epochs, [r[f"{split}_{metric}"] for r in history], style, marker=".", label=split)
-        ax.set_xlabel("epoch")
+            ax.plot(xs, [r[f"{split}_{metric}"] for r in history], style, marker=".", label=split)
+        ax.set_xlabel(x)
         ax.set_ylabel(metric)
         ax.grid(alpha=0.3)
         ax.legend()
@@ -27,12 +34,15 @@ def plot_run_curves(history: list[dict[str, Any]], path: Path, title: str = "") 
 
 
 def plot_overlaid(histories: dict[str, list[dict[str, Any]]], path: Path, metrics=("val_acc", "val_loss")) -> Path:
-    """One panel per metric, one line per run."""
+    """One panel per metric, one line per run (metrics no run has are left out)."""
+    metrics = [m for m in metrics if any(h and m in h[0] for h in histories.values())] or ["val_loss"]
     fig, axes = plt.subplots(1, len(metrics), figsize=(5.5 * len(metrics), 4), squeeze=False)
     for ax, metric in zip(axes[0], metrics):
         for name, history in histories.items():
-            ax.plot([r["epoch"] for r in history], [r[metric] for r in history], label=name)
-        ax.set_xlabel("epoch")
+            if history and metric in history[0]:
+                x = x_axis(history)
+                ax.plot([r[x] for r in history], [r[metric] for r in history], label=name)
+        ax.set_xlabel(x_axis(next(iter(histories.values()))))
         ax.set_ylabel(metric.replace("_", " "))
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize="small")

@@ -33,6 +33,28 @@ RUN_COLUMNS = (
 )
 
 
+LM_RUN_COLUMNS = (
+    ("run", "name", "str"),
+    ("data", "data", "str"),
+    ("params", "params", "int"),
+    ("best step", "best_step", "str"),
+    ("best val loss", "best_val_loss", "float"),
+    ("test loss (nats/token)", "test_loss", "float"),
+    ("test bits/char", "test_bpc", "float"),
+    ("time (s)", "train_time_s", "time"),
+)
+
+
+def run_columns(rows: Sequence[dict[str, Any]]) -> tuple[tuple[str, str, str], ...]:
+    """Classifier columns, language-model columns, or both when a report mixes them."""
+    lm = [r.get("unit") == "round" for r in rows]
+    if all(lm) and rows:
+        return LM_RUN_COLUMNS
+    if any(lm):
+        return RUN_COLUMNS[:-1] + LM_RUN_COLUMNS[5:]
+    return RUN_COLUMNS
+
+
 def markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[tuple[str, str, str]] = RUN_COLUMNS) -> str:
     """Rows of dicts as a Markdown table; `columns` is (header, key, format) with format str/int/float/sci/pct/time."""
     head = "| " + " | ".join(h for h, _, _ in columns) + " |"

@@ -1,8 +1,9 @@
-"""`fit` and `evaluate`: a plain epoch loop on `accelerate` for image classification.
+"""`fit`: one plain training loop on `accelerate` for every lab, and `evaluate` for image classifiers.
 
-`accelerate` supplies device placement, bf16 autocast, DDP under torchrun and cross-process
-reductions; everything else reads top to bottom here. Each epoch ends with a validation pass, a
-metrics record, the best weights (safetensors) and a resumable state, both written atomically.
+`accelerate` supplies device placement, DDP under torchrun and cross-process reductions; what is
+trained on comes from a `Task` (`dla.train.tasks`): image epochs or language-model step rounds.
+Each round ends with a validation pass, a metrics record, the best weights (safetensors) and a
+resumable state, both written atomically.
 """
 
 from __future__ import annotations
@@ -20,13 +21,14 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from dla.config import TrainConfig
-from dla.data.batches import batches_per_epoch, eval_batches, train_batches
-from dla.data.vision import ImageData, ImageSet
+from dla.data.batches import eval_batches
+from dla.data.vision import ImageSet
 from dla.errors import TrainingDiverged
 from dla.rundir import RunDir
 from dla.track import Tracker
 from dla.train.callbacks import Callback, EarlyStopping
 from dla.train.checkpoint import load_weights, save_state, save_weights
+from dla.train.tasks import Task, autocast, prepare_input
 
 
 @dataclass
@@ -37,19 +39,6 @@ class FitState:
     step: int = 0  # optimiser steps taken
     elapsed_s: float = 0.0  # training wall time so far, across resumes
     history: list[dict[str, Any]] = field(default_factory=list)
-
-
-def autocast(device: torch.device, precision: str) -> torch.autocast:
-    """bf16 autocast when asked for (CPUs with avx512_bf16, GPUs), else a no-op context.
-
-    Done here rather than through `Accelerator(mixed_precision=...)`, whose process-wide state
-    cannot change between runs in one process (a sweep, the tests).
-    """
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
-
-
-def _prepare_input(x: torch.Tensor, channels_last: bool) -> torch.Tensor:
-    return x.contiguous(memory_format=torch.channels_last) if channels_last and x.dim() == 4 else x
 
 
 @torch.inference_mode()
@@ -67,7 +56,7 @@ def evaluate(
     x, y = data.x.to(accelerator.device), data.y.to(accelerator.device)
     for xb, yb in eval_batches(x, y, batch_size, accelerator.process_index, accelerator.num_processes):
         with autocast(accelerator.device, precision):
-            logits = model(_prepare_input(xb, channels_last))
+            logits = model(prepare_input(xb, channels_last))
         logits = logits.float()
         sums[0] += F.cross_entropy(logits, yb, reduction="sum")
         sums[1] += (logits.argmax(1) == yb).sum()
@@ -96,7 +85,7 @@ def fit(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
     scheduler: Any,
-    data: ImageData,
+    task: Task,
     cfg: TrainConfig,
     accelerator: Accelerator,
     run: RunDir | None,
@@ -105,15 +94,15 @@ def fit(
     state: FitState,
     early: EarlyStopping,
     raw_model: nn.Module,
-    augment: str = "none",
     callbacks: Sequence[Callback] = (),
 ) -> FitState:
-    """Train for up to `cfg.epochs` epochs from `state`, validating, checkpointing and early-stopping.
+    """Train for up to `task.rounds(cfg)` rounds from `state`, validating, checkpointing and early-stopping.
 
     `model` is what `accelerator.prepare` returned (DDP-wrapped under torchrun); `raw_model` is the
     plain module whose weights are saved. The best weights are loaded back into `raw_model` at the end.
     """
     main = accelerator.is_main_process
+    unit = task.unit
 
     def on_step(step: int) -> None:
         for cb in callbacks:
@@ -122,23 +111,19 @@ def fit(
     for cb in callbacks:
         cb.on_fit_start(run, tracker, raw_model, state.step)
     try:
-        while state.epoch < cfg.epochs and not early.should_stop:
+        while state.epoch < task.rounds(cfg) and not early.should_stop:
             epoch = state.epoch + 1
             started = time.perf_counter()
-            train = train_epoch(
-                model, optimizer, scheduler, data.train, cfg, accelerator, generator, state, epoch, augment,
-                on_step, run,
-            )
-            val = evaluate(model, data.val, accelerator, cfg.eval_batch_size, cfg.channels_last, cfg.precision)
+            sums = train_round(model, optimizer, scheduler, task, cfg, accelerator, generator, state, epoch, on_step, run)
+            train = task.train_metrics(sums, model, accelerator, cfg)
+            val = task.evaluate(model, "val", accelerator, cfg)
             epoch_time = time.perf_counter() - started
             state.elapsed_s += epoch_time
             record = {
                 "epoch": epoch,
                 "step": state.step,
-                "train_loss": train["loss"],
-                "train_acc": train["acc"],
-                "val_loss": val["loss"],
-                "val_acc": val["acc"],
+                **{f"train_{k}": v for k, v in train.items()},
+                **{f"val_{k}": v for k, v in val.items()},
                 "lr": optimizer.param_groups[0]["lr"],
                 "epoch_time_s": round(epoch_time, 3),
                 "elapsed_s": round(state.elapsed_s, 3),
@@ -148,59 +133,54 @@ def fit(
             state.history.append(record)
             if main and run is not None:
                 if record["best"]:
-                    save_weights(raw_model, run.best_weights, {"epoch": str(epoch)})
+                    save_weights(raw_model, run.best_weights, {"epoch": str(epoch), "step": str(state.step)})
                 save_state(training_state(raw_model, optimizer, scheduler, generator, early, state), run.last_state)
                 run.append_metrics(record)
-                tracker.log(record, step=epoch)
+                tracker.log(record, step=state.step if unit == "round" else epoch)
             if main:
-                tqdm.write(
-                    f"epoch {epoch:3d}  train loss {record['train_loss']:.4f} acc {record['train_acc']:.4f}  "
-                    f"val loss {record['val_loss']:.4f} acc {record['val_acc']:.4f}  "
-                    f"lr {record['lr']:.2e}  {epoch_time:.1f}s{' *' if record['best'] else ''}"
+                where = f"{unit} {epoch:3d}" if unit == "epoch" else f"step {state.step:6d}"
+                metrics = "  ".join(
+                    f"{split} " + " ".join(f"{k} {v:.4f}" for k, v in m.items()) for split, m in (("train", train), ("val", val))
                 )
+                tqdm.write(f"{where}  {metrics}  lr {record['lr']:.2e}  {epoch_time:.1f}s{' *' if record['best'] else ''}")
             for cb in callbacks:
                 cb.on_epoch_end(record, raw_model)
     finally:
         for cb in callbacks:
             cb.on_fit_end()
     if early.should_stop and main:
-        tqdm.write(f"early stop: no {early.monitor} improvement for {early.patience} epochs; best epoch {early.best_epoch}")
+        tqdm.write(f"early stop: no {early.monitor} improvement for {early.patience} {unit}s; best {unit} {early.best_epoch}")
     accelerator.wait_for_everyone()
     if run is not None and run.best_weights.is_file():
         load_weights(raw_model, run.best_weights)
     return state
 
 
-def train_epoch(
+def train_round(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
     scheduler: Any,
-    data: ImageSet,
+    task: Task,
     cfg: TrainConfig,
     accelerator: Accelerator,
     generator: torch.Generator,
     state: FitState,
     epoch: int,
-    augment: str,
     on_step: Callable[[int], Any],
     run: RunDir | None,
-) -> dict[str, float]:
-    """One pass over the shuffled training set; returns its mean loss and accuracy (all processes)."""
-    device, rank, world = accelerator.device, accelerator.process_index, accelerator.num_processes
-    x, y = data.x.to(device), data.y.to(device)
-    steps = batches_per_epoch(len(y), cfg.batch_size)
+) -> torch.Tensor:
+    """One round of optimiser steps (an epoch, or `eval_every` LM steps); returns the summed step stats."""
+    device = accelerator.device
+    steps = task.round_steps(cfg, state.step)
     model.train()
-    sums = torch.zeros(3, device=device, dtype=torch.float64)  # loss * n, correct, n
+    sums = torch.zeros(3, device=device, dtype=torch.float64)
     pending: list[torch.Tensor] = []
     quiet = None if accelerator.is_main_process else True  # None: a bar only on a terminal
-    bar = tqdm(total=steps, desc=f"epoch {epoch}/{cfg.epochs}", leave=False, disable=quiet)
-    attacked = accelerator.unwrap_model(model)  # input gradients only: no DDP gradient sync
-    for i, (xb, yb) in enumerate(train_batches(x, y, cfg.batch_size, generator, rank, world, augment)):
-        if cfg.adversarial != "none":
-            xb = adversarial_batch(attacked, xb, yb, cfg, generator)
-        with autocast(device, cfg.precision):
-            logits = model(_prepare_input(xb, cfg.channels_last))
-            loss = F.cross_entropy(logits.float(), yb, label_smoothing=cfg.label_smoothing)
+    desc = f"epoch {epoch}/{cfg.epochs}" if task.unit == "epoch" else f"steps to {state.step + steps}/{cfg.max_steps}"
+    bar = tqdm(total=steps, desc=desc, leave=False, disable=quiet)
+    unwrapped = accelerator.unwrap_model(model)  # for input gradients only: no DDP gradient sync
+    for i, batch in enumerate(task.batches(cfg, generator, accelerator, steps)):
+        loss, stats = task.step(model, batch, cfg, unwrapped, generator)
         optimizer.zero_grad(set_to_none=True)
         accelerator.backward(loss)
         if cfg.clip_grad_norm is not None:
@@ -208,33 +188,18 @@ def train_epoch(
         optimizer.step()
         scheduler.step()
         state.step += 1
-        detached = loss.detach()
-        # Report plain cross-entropy, comparable with validation, even when training with smoothing.
-        reported = F.cross_entropy(logits.detach().float(), yb) if cfg.label_smoothing else detached
-        sums[0] += reported * len(yb)
-        sums[1] += (logits.detach().argmax(1) == yb).sum()
-        sums[2] += len(yb)
-        pending.append(detached)
+        sums += stats
+        pending.append(loss.detach())
         on_step(state.step)
         if len(pending) == cfg.log_every or i == steps - 1:
-            _check_finite(pending, state.step, epoch, accelerator, run)
+            _check_finite(pending, state.step, epoch, accelerator, run, task.unit)
             bar.update(len(pending))
             bar.set_postfix(loss=f"{float(pending[-1]):.4f}")
             pending = []
     bar.close()
-    if world > 1:
+    if accelerator.num_processes > 1:
         sums = accelerator.reduce(sums, reduction="sum")
-    return {"loss": float(sums[0] / sums[2]), "acc": float(sums[1] / sums[2])}
-
-
-def adversarial_batch(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig, generator) -> torch.Tensor:
-    """Replace a batch by attacks on the current model (fast FGSM with random start, or PGD)."""
-    from dla.analysis.adversarial import fgsm_rs, pgd
-
-    with autocast(x.device, cfg.precision):
-        if cfg.adversarial == "fgsm_rs":
-            return fgsm_rs(model, x, y, cfg.adv_eps, cfg.adv_alpha, generator=generator)
-        return pgd(model, x, y, cfg.adv_eps, cfg.adv_alpha, cfg.adv_steps, generator=generator)
+    return sums
 
 
 def training_state(raw_model, optimizer, scheduler, generator, early: EarlyStopping, state: FitState) -> dict[str, Any]:
@@ -250,7 +215,9 @@ def training_state(raw_model, optimizer, scheduler, generator, early: EarlyStopp
     }
 
 
-def _check_finite(pending: list[torch.Tensor], step: int, epoch: int, accelerator: Accelerator, run: RunDir | None):
+def _check_finite(
+    pending: list[torch.Tensor], step: int, epoch: int, accelerator: Accelerator, run: RunDir | None, unit: str = "epoch"
+):
     losses = torch.stack(pending)
     bad = (~torch.isfinite(losses)).to(torch.float32)
     total_bad = accelerator.reduce(bad.sum(), reduction="sum") if accelerator.num_processes > 1 else bad.sum()
@@ -259,8 +226,8 @@ def _check_finite(pending: list[torch.Tensor], step: int, epoch: int, accelerato
     first = int(torch.nonzero(bad).min()) if bad.any() else 0
     bad_step = step - len(pending) + 1 + first
     value = float(losses[first])
-    where = f"{run.last_state} (epoch {epoch - 1})" if run is not None and epoch > 1 else "none (it failed in epoch 1)"
+    where = f"{run.last_state} ({unit} {epoch - 1})" if run is not None and epoch > 1 else f"none (it failed in {unit} 1)"
     raise TrainingDiverged(
-        f"loss became {value} at step {bad_step} (epoch {epoch}); training stopped. "
+        f"loss became {value} at step {bad_step} ({unit} {epoch}); training stopped. "
         f"Last good checkpoint: {where}. Try a lower optim.lr or set train.clip_grad_norm."
     )

@@ -1,0 +1,222 @@
+"""What the training loop trains on: a `Task` supplies batches, the loss and the evaluation.
+
+The loop in `dla.train.loop` runs *rounds*: a round is a number of optimiser steps followed by a
+validation pass, a metrics record, early stopping and a checkpoint. For image classification a
+round is an epoch; for a language model it is `train.eval_every` steps of random windows. Everything
+else (optimiser, schedule, clipping, bf16 autocast, DDP, NaN checks, resume) is shared.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator
+from torch import nn
+
+from dla.config import TrainConfig
+from dla.data.batches import batches_per_epoch, train_batches
+from dla.data.text import TextData, last_position_windows, random_windows, tiled_windows
+
+
+def autocast(device: torch.device, precision: str) -> torch.autocast:
+    """bf16 autocast when asked for (CPUs with avx512_bf16, GPUs), else a no-op context.
+
+    Done here rather than through `Accelerator(mixed_precision=...)`, whose process-wide state
+    cannot change between runs in one process (a sweep, the tests).
+    """
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
+def prepare_input(x: torch.Tensor, channels_last: bool) -> torch.Tensor:
+    return x.contiguous(memory_format=torch.channels_last) if channels_last and x.dim() == 4 else x
+
+
+class Task:
+    """The interface the loop uses. `stats` from `step` are summed over a round: [loss * n, correct, n]."""
+
+    unit = "epoch"  # what a round is called in progress bars and messages
+
+    def total_steps(self, cfg: TrainConfig) -> int:
+        raise NotImplementedError
+
+    def rounds(self, cfg: TrainConfig) -> int:
+        raise NotImplementedError
+
+    def round_steps(self, cfg: TrainConfig, done_steps: int) -> int:
+        raise NotImplementedError
+
+    def batches(self, cfg: TrainConfig, generator: torch.Generator, accelerator: Accelerator, steps: int) -> Iterator[Any]:
+        raise NotImplementedError
+
+    def step(self, model: nn.Module, batch: Any, cfg: TrainConfig, unwrapped: nn.Module, generator) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+    def train_metrics(self, sums: torch.Tensor, model: nn.Module, accelerator: Accelerator, cfg: TrainConfig) -> dict[str, float]:
+        return {"loss": float(sums[0] / sums[2]), "acc": float(sums[1] / sums[2])}
+
+    def evaluate(self, model: nn.Module, split: str, accelerator: Accelerator, cfg: TrainConfig) -> dict[str, float]:
+        raise NotImplementedError
+
+    def test(self, model: nn.Module, accelerator: Accelerator, cfg: TrainConfig) -> dict[str, float]:
+        return self.evaluate(model, "test", accelerator, cfg)
+
+
+class ImageTask(Task):
+    """Image classification: shuffled epochs over an in-memory uint8 set, cross-entropy and accuracy."""
+
+    def __init__(self, data, augment: str = "none"):
+        self.data, self.augment = data, augment
+
+    def total_steps(self, cfg: TrainConfig) -> int:
+        return batches_per_epoch(len(self.data.train), cfg.batch_size) * cfg.epochs
+
+    def rounds(self, cfg: TrainConfig) -> int:
+        return cfg.epochs
+
+    def round_steps(self, cfg: TrainConfig, done_steps: int) -> int:
+        return batches_per_epoch(len(self.data.train), cfg.batch_size)
+
+    def batches(self, cfg, generator, accelerator, steps):
+        device = accelerator.device
+        x, y = self.data.train.x.to(device), self.data.train.y.to(device)
+        rank, world = accelerator.process_index, accelerator.num_processes
+        return train_batches(x, y, cfg.batch_size, generator, rank, world, self.augment)
+
+    def step(self, model, batch, cfg, unwrapped, generator):
+        xb, yb = batch
+        if cfg.adversarial != "none":
+            xb = adversarial_batch(unwrapped, xb, yb, cfg, generator)
+        with autocast(xb.device, cfg.precision):
+            logits = model(prepare_input(xb, cfg.channels_last))
+            loss = F.cross_entropy(logits.float(), yb, label_smoothing=cfg.label_smoothing)
+        logits = logits.detach().float()
+        # Report plain cross-entropy, comparable with validation, even when training with smoothing.
+        reported = F.cross_entropy(logits, yb) if cfg.label_smoothing else loss.detach()
+        stats = torch.stack([reported * len(yb), (logits.argmax(1) == yb).sum().to(reported.dtype),
+                             torch.tensor(float(len(yb)), device=yb.device)])
+        return loss, stats
+
+    def evaluate(self, model, split, accelerator, cfg):
+        from dla.train.loop import evaluate
+
+        data = {"val": self.data.val, "test": self.data.test, "train": self.data.train}[split]
+        return evaluate(model, data, accelerator, cfg.eval_batch_size, cfg.channels_last, cfg.precision)
+
+
+class LMTask(Task):
+    """Next-token prediction on random windows of a token stream (every position is a target).
+
+    Train and val losses in the records are averages over a fixed set of `train.eval_batches`
+    batches drawn once, so successive estimates differ only because the model changed.
+    """
+
+    unit = "round"
+
+    def __init__(self, data: TextData, block_size: int, seed: int):
+        self.data, self.block = data, block_size
+        self.eval_seed = seed + 1
+        self._fixed: dict[tuple[str, int, int], torch.Tensor] = {}
+
+    def total_steps(self, cfg: TrainConfig) -> int:
+        return cfg.max_steps
+
+    def rounds(self, cfg: TrainConfig) -> int:
+        return math.ceil(cfg.max_steps / cfg.eval_every)
+
+    def round_steps(self, cfg: TrainConfig, done_steps: int) -> int:
+        return min(cfg.eval_every, cfg.max_steps - done_steps)
+
+    def batches(self, cfg, generator, accelerator, steps):
+        ids = self.data.train.ids
+        device, rank, world = accelerator.device, accelerator.process_index, accelerator.num_processes
+        for _ in range(steps):
+            x, y = random_windows(ids, self.block, cfg.batch_size, generator, rank, world)
+            yield x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+
+    def step(self, model, batch, cfg, unwrapped, generator):
+        x, y = batch
+        with autocast(x.device, cfg.precision):
+            logits = model(x)
+        loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
+        detached = loss.detach()
+        n = torch.tensor(float(y.numel()), device=y.device)
+        return loss, torch.stack([detached * n, torch.zeros_like(n), n])
+
+    def train_metrics(self, sums, model, accelerator, cfg):
+        return self.evaluate(model, "train", accelerator, cfg)
+
+    def _windows(self, split: str, cfg: TrainConfig) -> torch.Tensor:
+        """Start positions of the fixed evaluation windows of a split (the same on every call)."""
+        key = (split, cfg.eval_batches, cfg.batch_size)
+        if key not in self._fixed:
+            ids = getattr(self.data, split).ids
+            gen = torch.Generator().manual_seed(self.eval_seed + (split == "train"))
+            count = cfg.eval_batches * cfg.batch_size
+            self._fixed[key] = torch.randint(0, max(1, len(ids) - self.block), (count,), generator=gen)
+        return self._fixed[key]
+
+    @torch.inference_mode()
+    def evaluate(self, model, split, accelerator, cfg):
+        model.eval()
+        ids = getattr(self.data, split).ids
+        starts = self._windows(split, cfg)
+        rank, world = accelerator.process_index, accelerator.num_processes
+        starts = starts[rank::world]
+        offsets = torch.arange(self.block + 1)
+        sums = torch.zeros(2, dtype=torch.float64, device=accelerator.device)
+        for i in range(0, len(starts), cfg.batch_size):
+            w = ids[starts[i : i + cfg.batch_size, None] + offsets].to(accelerator.device)
+            sums += self._loss_sum(model, w[:, :-1], w[:, 1:], cfg.precision)
+        return self._metrics(sums, accelerator, split)
+
+    @torch.inference_mode()
+    def test(self, model, accelerator, cfg):
+        """Per-token loss over the whole test split (every token predicted once) and bits per char;
+        also the original lab's score, the loss at the last position of every window."""
+        model.eval()
+        split = "test"
+        ids = self.data.test.ids
+        rank, world = accelerator.process_index, accelerator.num_processes
+        sums = torch.zeros(2, dtype=torch.float64, device=accelerator.device)
+        for i, (x, y) in enumerate(tiled_windows(ids, self.block, cfg.eval_batch_size // self.block or 1)):
+            if i % world == rank:
+                sums += self._loss_sum(model, x.to(accelerator.device), y.to(accelerator.device), cfg.precision)
+        result = self._metrics(sums, accelerator, split)
+        last = torch.zeros(2, dtype=torch.float64, device=accelerator.device)
+        for i, (x, y) in enumerate(last_position_windows(ids, self.block, max(1, cfg.eval_batch_size // 4))):
+            if i % world == rank:
+                x, y = x.to(accelerator.device), y.to(accelerator.device)
+                with autocast(x.device, cfg.precision):
+                    logits = model(x)[:, -1]
+                last[0] += F.cross_entropy(logits.float(), y, reduction="sum")
+                last[1] += len(y)
+        if world > 1:
+            last = accelerator.reduce(last, reduction="sum")
+        result["last_pos_loss"] = float(last[0] / last[1])
+        return result
+
+    def _loss_sum(self, model, x, y, precision) -> torch.Tensor:
+        with autocast(x.device, precision):
+            logits = model(x)
+        loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), reduction="sum")
+        return torch.stack([loss.double(), torch.tensor(float(y.numel()), dtype=torch.float64, device=y.device)])
+
+    def _metrics(self, sums, accelerator, split) -> dict[str, float]:
+        if accelerator.num_processes > 1:
+            sums = accelerator.reduce(sums, reduction="sum")
+        loss = float(sums[0] / sums[1])
+        return {"loss": loss, "bpc": loss / getattr(self.data, split).chars_per_token / math.log(2)}
+
+
+def adversarial_batch(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig, generator) -> torch.Tensor:
+    """Replace a batch by attacks on the current model (fast FGSM with random start, or PGD)."""
+    from dla.analysis.adversarial import fgsm_rs, pgd
+
+    with autocast(x.device, cfg.precision):
+        if cfg.adversarial == "fgsm_rs":
+            return fgsm_rs(model, x, y, cfg.adv_eps, cfg.adv_alpha, generator=generator)
+        return pgd(model, x, y, cfg.adv_eps, cfg.adv_alpha, cfg.adv_steps, generator=generator)

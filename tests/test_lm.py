@@ -1,0 +1,128 @@
+"""Lab 2.1 through the engine: step-based training, best checkpoint, resume, test scores, sample,
+`dla generate`, `dla eval` and the head-count sweep, on the real Inferno with tiny models."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from conftest import SHARED, need
+from dla import experiment
+from dla.config import load_experiment
+from dla.data.text import import_inferno, load_tokenizer
+from dla.errors import ConfigError
+from dla.rundir import RunDir
+from dla.train.callbacks import Callback
+from dla.train.checkpoint import load_weights
+
+SMOKE = ["budget=smoke", "track.tracker=none", "data.download=false"]
+
+
+@pytest.fixture(scope="module")
+def text_root(tmp_path_factory):
+    need(SHARED / "inferno", "the shared Inferno text")
+    root = tmp_path_factory.mktemp("text-data")
+    import_inferno(SHARED / "inferno", root)
+    return root
+
+
+def dla(*args, root, check=True):
+    result = subprocess.run(
+        [sys.executable, "-m", "dla", "--data-root", str(root), *args], capture_output=True, text=True, timeout=300
+    )
+    if check:
+        assert result.returncode == 0, result.stderr
+    return result
+
+
+def test_char_run_learns_keeps_best_weights_and_scores_test(text_root, tmp_path):
+    cfg = load_experiment("lab2-gpt-char", [*SMOKE, "train.max_steps=60", "optim.lr=1e-2", "track.tracker=tensorboard"])
+    run = experiment.train(cfg, text_root, run_path=tmp_path / "run")
+    history, summary = run.read_metrics(), run.read_summary()
+    assert [r["step"] for r in history] == [10, 20, 30, 40, 50, 60]
+    assert history[-1]["val_loss"] < math.log(57) - 0.5  # well below a uniform guess over 57 characters
+    best = min(history, key=lambda r: r["val_loss"])
+    assert summary["best_step"] == best["step"] and summary["best_val_loss"] == pytest.approx(best["val_loss"])
+    # the kept weights are the best round's: re-evaluating them gives its val loss
+    model, cfg2 = experiment.load_run_model(run)
+    data = experiment.load_data(cfg2, text_root, load_tokenizer(run.tokenizer))
+    task = experiment.make_task(cfg2, data)
+    acc = experiment.make_accelerator(cfg2.train)
+    assert task.evaluate(model, "val", acc, cfg2.train)["loss"] == pytest.approx(best["val_loss"], rel=1e-4)
+    # char level: bits per char is nats per token / ln 2
+    assert summary["test_bpc"] == pytest.approx(summary["test_loss"] / math.log(2), rel=1e-6)
+    assert 0 < summary["test_last_pos_loss"] < math.log(57)
+    assert cfg2.model.vocab_size == 57 and cfg2.model.block_size == 32
+    sample = run.sample.read_text()
+    assert sample.startswith("Nel mezzo del cammin") and len(sample) >= 500
+    assert list(run.tb.glob("events.*")) and (run.plots / "curves.png").is_file()
+
+
+class StopAt(Callback):
+    def __init__(self, step):
+        self.step = step
+
+    def on_step_end(self, step, model):
+        if step == self.step:
+            raise KeyboardInterrupt
+
+
+def test_interrupted_lm_run_resumes_to_the_same_result(text_root, tmp_path):
+    overrides = [*SMOKE, "train.max_steps=40"]
+    full = experiment.train(load_experiment("lab2-gpt-char", overrides), text_root, run_path=tmp_path / "full")
+    with pytest.raises(KeyboardInterrupt):
+        experiment.train(load_experiment("lab2-gpt-char", overrides), text_root, callbacks=[StopAt(25)],
+                         run_path=tmp_path / "cut")
+    cut = RunDir(tmp_path / "cut")
+    assert cut.read_summary()["status"] == "interrupted"
+    resumed = experiment.train(cut.load_config(), text_root, resume=cut)
+    a, b = full.read_metrics(), resumed.read_metrics()
+    assert [r["step"] for r in b] == [10, 20, 30, 40]
+    for ra, rb in zip(a, b):
+        assert rb["val_loss"] == pytest.approx(ra["val_loss"], abs=1e-5)
+    wa, wb = experiment.model_for(full.load_config()), experiment.model_for(resumed.load_config())
+    load_weights(wa, full.best_weights)
+    load_weights(wb, resumed.best_weights)
+    assert all(torch.allclose(p, q, atol=1e-6) for p, q in zip(wa.parameters(), wb.parameters()))
+
+
+def test_language_model_config_errors_are_clear(text_root):
+    cfg = load_experiment("lab2-gpt-char", [*SMOKE, "train.max_steps=null"])
+    with pytest.raises(ConfigError, match="max_steps"):
+        experiment.make_task(cfg, experiment.load_data(cfg, text_root))
+    with pytest.raises(ConfigError, match="data.splits"):
+        load_experiment("lab2-gpt-char", ["data.splits=[0.9,0.1]"])
+    with pytest.raises(ConfigError, match="tokenizer"):
+        load_experiment("lab2-gpt-char", ["data.tokenizer=word"])
+
+
+def test_cli_train_generate_eval_bpe(text_root, tmp_path):
+    runs = tmp_path / "runs"
+    dla("train", "lab2-gpt-bpe", *SMOKE, f"runs_dir={runs}", "run_name=bpe", root=text_root)
+    run = runs / "lab2-gpt-bpe" / "bpe"
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["test_bpc"] > 0
+    assert json.loads((run / "tokenizer.json").read_text())["model"]["type"] == "BPE"
+    gen = ["generate", str(run), "--prompt", "Nel mezzo del cammin", "--max-new-tokens", "30", "--seed", "3"]
+    first, again = dla(*gen, root=text_root).stdout, dla(*gen, root=text_root).stdout
+    other = dla(*gen[:-1], "4", root=text_root).stdout
+    assert first == again and first != other and first.startswith("Nel mezzo del cammin")
+    greedy = dla(*gen, "--temperature", "0", root=text_root).stdout
+    assert greedy == dla(*gen[:-1], "9", "--temperature", "0", root=text_root).stdout
+    evaluated = json.loads(dla("eval", str(run), "--json", root=text_root).stdout)
+    assert evaluated["test_loss"] == pytest.approx(summary["test_loss"], rel=1e-5)
+    bad = dla("generate", str(run.parent), root=text_root, check=False)
+    assert bad.returncode != 0 and len(bad.stderr.strip().splitlines()) == 1
+
+
+def test_head_sweep_writes_the_lm_table(text_root, tmp_path):
+    dla("sweep", "lab2-heads", *SMOKE, "model.n_embd=32", f"runs_dir={tmp_path / 'runs'}", root=text_root)
+    sweep_dir = next((tmp_path / "runs" / "lab2-heads").iterdir())
+    table = (sweep_dir / "table.md").read_text()
+    assert "heads-4" in table and "heads-16" in table and "steps to best" in table
+    assert (sweep_dir / "curves.png").is_file()
