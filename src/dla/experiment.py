@@ -51,6 +51,17 @@ def make_accelerator(cfg: TrainConfig) -> Accelerator:
     return accelerator
 
 
+def can_compile(device: torch.device, verbose: bool = True) -> bool:
+    """torch.compile on the CPU needs a C++ compiler; without one, train eagerly instead of failing later."""
+    import shutil
+
+    if device.type == "cpu" and not any(shutil.which(c) for c in ("g++", "c++", "clang++")):
+        if verbose:
+            print("note: train.compile=true needs a C++ compiler on the CPU (none found); training without compile")
+        return False
+    return True
+
+
 def class_names(cfg: ExperimentConfig) -> tuple[str, ...]:
     """The names of the classes a run's model predicts, in output order."""
     names = get_spec(cfg.data.name).classes
@@ -154,7 +165,7 @@ def train(
             data.tokenizer.save(run.tokenizer)
     accelerator.wait_for_everyone()
 
-    model = torch.compile(raw_model) if cfg.train.compile else raw_model
+    model = torch.compile(raw_model) if cfg.train.compile and can_compile(accelerator.device, main) else raw_model
     model, optimizer = accelerator.prepare(model, optimizer)
     tracker = Tracker()
     if main:

@@ -115,6 +115,7 @@ def fit(
             epoch = state.epoch + 1
             started = time.perf_counter()
             sums = train_round(model, optimizer, scheduler, task, cfg, accelerator, generator, state, epoch, on_step, run)
+            steps_time = time.perf_counter() - started
             train = task.train_metrics(sums, model, accelerator, cfg)
             val = task.evaluate(model, "val", accelerator, cfg)
             epoch_time = time.perf_counter() - started
@@ -126,6 +127,7 @@ def fit(
                 **{f"val_{k}": v for k, v in val.items()},
                 "lr": optimizer.param_groups[0]["lr"],
                 "epoch_time_s": round(epoch_time, 3),
+                "steps_time_s": round(steps_time, 3),  # the optimiser steps alone, without evaluation
                 "elapsed_s": round(state.elapsed_s, 3),
             }
             record["best"] = early.update(record[early.monitor], epoch)
