@@ -158,8 +158,11 @@ class GPT(nn.Module):
         if isinstance(m, (nn.Linear, nn.Embedding)):
             nn.init.normal_(m.weight, std=0.02)
 
-    def forward(self, idx: torch.Tensor, caches: list[dict] | None = None, start: int = 0) -> torch.Tensor:
-        """Logits (B, T, vocab) for token ids (B, T) at positions start..start+T-1."""
+    def forward(
+        self, idx: torch.Tensor, caches: list[dict] | None = None, start: int = 0, last_only: bool = False
+    ) -> torch.Tensor:
+        """Logits (B, T, vocab) for token ids (B, T) at positions start..start+T-1 (B, 1, vocab with
+        `last_only`: the head, the costliest layer with a large vocabulary, runs on the last position only)."""
         t = idx.shape[1]
         if start + t > self.cfg.block_size:
             raise ValueError(f"sequence of {start + t} tokens exceeds block_size {self.cfg.block_size}")
@@ -167,6 +170,8 @@ class GPT(nn.Module):
         x = self.embed(idx)
         for i, block in enumerate(self.blocks):
             x = block(x, cos, sin, caches[i] if caches is not None else None)
+        if last_only:
+            x = x[:, -1:]
         return self.head(self.norm(x))
 
     @torch.inference_mode()

@@ -191,7 +191,7 @@ class LMTask(Task):
             if i % world == rank:
                 x, y = x.to(accelerator.device), y.to(accelerator.device)
                 with autocast(x.device, cfg.precision):
-                    logits = model(x)[:, -1]
+                    logits = model(x, last_only=True)[:, -1]
                 last[0] += F.cross_entropy(logits.float(), y, reduction="sum")
                 last[1] += len(y)
         if world > 1:
