@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from dla.errors import DlaError
+from dla.hf.cli import add_hf_parser
 
 
 def _data_root(args: argparse.Namespace) -> Path:
@@ -70,6 +71,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
+    from dla.hf.config import is_text_run
+
+    if is_text_run(args.run):  # a fine-tuned text classifier (Lab 2.3): the arguments are texts
+        from dla.hf.cli import predict_command
+
+        return predict_command(args)
     import torch
     from PIL import Image, UnidentifiedImageError
 
@@ -343,6 +350,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=10, help="PGD steps (step size 2.5 eps / steps)")
     p.add_argument("--n", type=int, default=1000, help="test images to attack (default 1000)")
     p.set_defaults(func=cmd_attack)
+
+    add_hf_parser(sub)
 
     p = sub.add_parser("data", help="list or import data sets (offline use)")
     data_sub = p.add_subparsers(dest="data_command", metavar="ACTION")

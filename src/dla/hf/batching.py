@@ -1,0 +1,95 @@
+"""Token batches for encoder classifiers: texts tokenised once, padded per batch (dynamic padding),
+training batches grouped by length so that little padding is computed, evaluation in length order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+
+@dataclass
+class Encoded:
+    """Token ids of each text (truncated, unpadded) and the pad id used to batch them."""
+
+    ids: list[list[int]]
+    pad_id: int
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.fromiter((len(x) for x in self.ids), dtype=np.int64, count=len(self.ids))
+
+    def batch(self, index: Sequence[int], device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
+        """`input_ids` and `attention_mask` of the given rows, padded to the longest of them."""
+        rows = [self.ids[i] for i in index]
+        width = max(len(r) for r in rows)
+        ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, r in enumerate(rows):
+            ids[i, : len(r)] = torch.tensor(r)
+            mask[i, : len(r)] = 1
+        return {"input_ids": ids.to(device), "attention_mask": mask.to(device)}
+
+
+def token_lengths(tokenizer: Any, texts: Sequence[str]) -> np.ndarray:
+    """Untruncated token counts (with special tokens): the distribution `max_length` is chosen from."""
+    ids = tokenizer(list(texts), truncation=False, verbose=False)["input_ids"]
+    return np.asarray([len(x) for x in ids], dtype=np.int64)
+
+
+def encode(tokenizer: Any, texts: Sequence[str], max_length: int) -> Encoded:
+    ids = tokenizer(list(texts), truncation=True, max_length=max_length)["input_ids"]
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    return Encoded([list(x) for x in ids], int(pad or 0))
+
+
+def train_batches(lengths: np.ndarray, batch_size: int, generator: torch.Generator, group_by_length: bool,
+                  mega: int = 50) -> list[np.ndarray]:
+    """Shuffled batches; grouped by length: sorted within chunks of `mega` batches, then the batches shuffled.
+
+    Grouping keeps the randomness of which examples meet (chunks are random) while a batch's
+    texts have similar lengths, so padding to the longest wastes little compute.
+    """
+    order = torch.randperm(len(lengths), generator=generator).numpy()
+    if group_by_length:
+        chunk = batch_size * mega
+        order = np.concatenate([c[np.argsort(-lengths[c], kind="stable")]
+                                for c in np.array_split(order, range(chunk, len(order), chunk))])
+    batches = [order[i: i + batch_size] for i in range(0, len(order), batch_size)]
+    if group_by_length:
+        batches = [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]
+    return batches
+
+
+def autocast(device: torch.device, precision: str):
+    """bf16 autocast when asked, else nothing."""
+    return torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16" else nullcontext()
+
+
+def length_sorted(lengths: np.ndarray, batch_size: int) -> Iterator[np.ndarray]:
+    order = np.argsort(lengths, kind="stable")
+    for i in range(0, len(order), batch_size):
+        yield order[i: i + batch_size]
+
+
+@torch.inference_mode()
+def run_encoder(forward, data: Encoded, batch_size: int, device: torch.device, precision: str = "fp32",
+                desc: str = "eval") -> np.ndarray:
+    """`forward(batch) -> (n, d)` over all rows in length order (least padding); rows back in input order."""
+    out: np.ndarray | None = None
+    lengths = data.lengths
+    batches = list(length_sorted(lengths, batch_size))
+    for index in tqdm(batches, desc=desc, leave=False, disable=None):
+        with autocast(device, precision):
+            values = forward(data.batch(index, device)).float().cpu().numpy()
+        if out is None:
+            out = np.empty((len(lengths), values.shape[1]), dtype=np.float32)
+        out[index] = values
+    assert out is not None
+    return out
