@@ -266,6 +266,8 @@ def test_tiny_finetune_beats_chance_and_writes_a_run(tiny_bert, capsys):
     assert result["test_acc"] == pytest.approx(summary["test_acc"])
     assert result["test_f1"] == pytest.approx(summary["test_f1"])
     assert (run.path / "eval.json").is_file()
+    assert main(["eval", str(run.path), "--json"]) == 0  # dla eval dispatches text runs to dla hf eval
+    assert json.loads(capsys.readouterr().out)["test_acc"] == pytest.approx(summary["test_acc"])
 
     texts = ["The team won the championship final", "Shares fell"]
     assert main(["predict", str(run.path), *texts, "--top-k", "2", "--json"]) == 0

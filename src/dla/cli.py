@@ -44,6 +44,12 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    from dla.hf.config import is_text_run
+
+    if is_text_run(args.run):  # a fine-tuned text classifier (Lab 2.3): same as dla hf eval RUN
+        from dla.hf.cli import cmd_eval as hf_eval
+
+        return hf_eval(args)
     from dla import experiment
     from dla.rundir import RunDir
 
