@@ -52,12 +52,18 @@ def _generate_from_run(args: argparse.Namespace) -> int:
         from dla.generate_run import generate_from_run
     except ImportError:
         raise DlaError("Lab 2.1 generation not available") from None
+    if args.prompt is None:  # the run's own default ("Nel mezzo del cammin" for the Inferno)
+        from dla.generate_run import default_prompt
+        from dla.rundir import RunDir
+
+        args.prompt = default_prompt(RunDir.open(args.run).load_config())
     top_k = args.top_k if args.top_k and args.top_k > 0 else None
     result = generate_from_run(args.run, args.prompt, args.max_new_tokens or args.max_length, args.temperature,
                                top_k, args.top_p, args.seed)
     if isinstance(result, str):
         print(result)
     elif result is not None:
+        sys.stdout.write(args.prompt)  # the pieces continue the prompt, as `dla generate` prints them
         for piece in result:
             sys.stdout.write(piece)
             sys.stdout.flush()
