@@ -112,6 +112,9 @@ def test_cli_train_generate_eval_bpe(text_root, tmp_path):
     first, again = dla(*gen, root=text_root).stdout, dla(*gen, root=text_root).stdout
     other = dla(*gen[:-1], "4", root=text_root).stdout
     assert first == again and first != other and first.startswith("Nel mezzo del cammin")
+    via_hf = dla("hf", "generate", "--run", str(run), "--prompt", "Nel mezzo del cammin", "--max-new-tokens", "30",
+                 "--seed", "3", "--temperature", "0.8", "--top-k", "50", "--top-p", "0.95", root=text_root).stdout
+    assert via_hf == first  # `dla hf generate --run` is the same generator
     greedy = dla(*gen, "--temperature", "0", root=text_root).stdout
     assert greedy == dla(*gen[:-1], "9", "--temperature", "0", root=text_root).stdout
     evaluated = json.loads(dla("eval", str(run), "--json", root=text_root).stdout)
