@@ -20,7 +20,7 @@ from typing import Any
 
 from dla.config import ExperimentConfig, load_config_file, save_config
 from dla.errors import DlaError
-from dla.train.checkpoint import atomic_write
+from dla.io import atomic_write
 
 
 class RunDir:

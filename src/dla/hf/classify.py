@@ -18,7 +18,7 @@ from dla.hf.batching import Encoded, encode, run_encoder, token_lengths
 from dla.hf.config import FinetuneConfig, load_run_config
 from dla.hf.data import TopicData, load_topic_data, pick_max_length
 from dla.hf.hub import load_tokenizer
-from dla.train.checkpoint import atomic_write
+from dla.io import atomic_write
 
 MODEL_DIR = "model"  # inside a run: the fine-tuned weights (safetensors), config and tokenizer
 

@@ -35,7 +35,7 @@ from dla.hf.hub import load_pretrained
 from dla.rundir import RunDir
 from dla.track import check_tracker, make_tracker
 from dla.train.callbacks import EarlyStopping
-from dla.train.checkpoint import atomic_write
+from dla.io import atomic_write
 
 
 def create_run(cfg: FinetuneConfig, suffix: str = "") -> RunDir:

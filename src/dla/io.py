@@ -1,0 +1,71 @@
+"""Atomic file and folder writing: a crash or a failed command leaves the old content or the new, never half.
+
+A leaf module (it imports nothing from dla), used by the run directory, checkpoints and every
+command that writes results into a run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+
+def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    """Write through a temporary file, fsync it, then rename over `path`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        write(tmp)
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def atomic_text(path: Path, text: str) -> None:
+    """`atomic_write` of a string."""
+    atomic_write(path, lambda tmp: tmp.write_text(text))
+
+
+@contextlib.contextmanager
+def atomic_dir(path: Path) -> Iterator[Path]:
+    """Yield a temporary sibling folder to fill; on success it replaces `path` (merged over what was there).
+
+    Files already in `path` that the command did not write are kept; files it wrote replace
+    theirs. On any failure the temporary folder is removed and `path` is left as it was.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        yield tmp
+        if path.is_dir():
+            for item in tmp.rglob("*"):
+                if item.is_file():
+                    target = path / item.relative_to(tmp)
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    os.replace(item, target)
+            shutil.rmtree(tmp)
+        else:
+            os.replace(tmp, path)
+        _fsync_dir(path.parent)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
