@@ -25,10 +25,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from dla import experiment
+from dla import build, experiment
 from dla.config import load_experiment
 from dla.data.vision import default_data_root, import_dataset, locate
+from dla.device import make_accelerator
 from dla.train.callbacks import Callback
+from dla.train.tasks import evaluate
 
 TARGET = 0.88
 COMMON = [
@@ -62,7 +64,7 @@ class TestAccuracy(Callback):
         self.test, self.accelerator, self.curve = test, accelerator, []
 
     def on_epoch_end(self, record, model):
-        acc = experiment.evaluate(model, self.test, self.accelerator, 2048)["acc"]
+        acc = evaluate(model, self.test, self.accelerator, 2048)["acc"]
         self.curve.append((record["elapsed_s"], record["epoch_time_s"], acc))
         model.train()
 
@@ -71,8 +73,8 @@ def run_dla(root: Path, recipe: list[str], epochs: int) -> list[tuple[float, flo
     cfg = load_experiment("lab1-mlp", [*COMMON, *recipe, f"train.epochs={epochs}"])
     with tempfile.TemporaryDirectory() as runs:
         cfg.runs_dir = runs
-        data = experiment.load_data(cfg, root)
-        probe = TestAccuracy(data.test, experiment.make_accelerator(cfg.train))
+        data = build.load_data(cfg, root)
+        probe = TestAccuracy(data.test, make_accelerator(cfg.train))
         experiment.train(cfg, root, callbacks=[probe])
     return probe.curve
 

@@ -3,10 +3,11 @@
 import pytest
 import torch
 import torchattacks
-
 from conftest import tiny_config
+
 from dla import experiment
-from dla.analysis.adversarial import fgsm, parse_eps, pgd
+from dla.analysis.adversarial import parse_eps
+from dla.attacks import fgsm, pgd
 from dla.cli import main
 from dla.models import build_model
 from dla.models.cnn import CNNConfig

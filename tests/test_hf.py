@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -15,17 +17,19 @@ from conftest import REPO, SHARED, need
 
 pytest.importorskip("transformers")
 
+from dla import experiment
 from dla.cli import main
-from dla.errors import ConfigError, DataError, DlaError
-from dla.hf.batching import train_batches
-from dla.hf.config import is_text_run, load_finetune
-from dla.hf.data import (
+from dla.config import TEXT_CLASSIFIER, load_experiment, load_run_config, run_kind
+from dla.data.topics import (
     clean_ag_news,
     load_ag_news,
     pick_max_length,
     read_ag_news,
     stratified_split,
 )
+from dla.errors import ConfigError, DataError, DlaError
+from dla.hf.batching import train_batches
+from dla.rundir import RunDir
 
 GPT2_TOKENIZER = SHARED / "gpt2-tokenizer"
 AG_NEWS = SHARED / "ag_news" / "test.csv"
@@ -50,9 +54,13 @@ def _one_thread():
     torch.set_num_threads(threads)
 
 
-def run_dla(*args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, **OFFLINE, "PYTHONPATH": str(REPO / "src")}
-    return subprocess.run([sys.executable, "-m", "dla", *args], check=False, capture_output=True, text=True, env=env, timeout=120)
+SUBPROCESS_ENV = {**OFFLINE, "PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1"}  # tiny models: one thread each
+
+
+def run_dla(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    env = {**os.environ, **SUBPROCESS_ENV}
+    return subprocess.run([sys.executable, "-m", "dla", *args], check=False, capture_output=True, text=True, env=env,
+                          timeout=timeout)
 
 
 # Lab 2.2: tokenizer and generation
@@ -124,7 +132,7 @@ def test_missing_model_offline_is_one_line():
 @pytest.mark.slow
 def test_yahoo_offline_names_the_missing_data_set():
     # With the packaged MiniLM as the model, the data set is the missing piece.
-    proc = run_dla("hf", "finetune", "lab2-finetune-yahoo", "model.name=minilm")
+    proc = run_dla("hf", "finetune", "lab2-finetune-yahoo", "model.pretrained=minilm")
     assert proc.returncode == 1
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1, proc.stderr
@@ -139,31 +147,51 @@ def test_missing_encoder_offline_is_a_dla_error(capsys):
     assert "lab2-finetune-agnews" in err and "\n" not in err
 
 
-def test_generate_run_hook_reports_when_missing(monkeypatch, capsys):
-    monkeypatch.setitem(sys.modules, "dla.generate_run", None)  # makes the import fail
-    assert main(["hf", "generate", "--run", "runs/x/y"]) == 1
-    assert capsys.readouterr().err.strip() == "dla: error: Lab 2.1 generation not available"
-
-
 # Lab 2.3: config, data and split
 
 
 def test_finetune_configs_load_and_reject_unknown_keys():
-    agnews = load_finetune("lab2-finetune-agnews")
-    assert (agnews.model.name, agnews.data.name, agnews.data.split_sizes) == ("minilm", "ag_news", [5600, 800, 1200])
-    yahoo = load_finetune("lab2-finetune-yahoo", ["train.epochs=1", "data.train_size=1000"])
-    assert (yahoo.model.name, yahoo.train.epochs, yahoo.data.train_size) == ("distilroberta-base", 1, 1000)
-    with pytest.raises(ConfigError, match=r"unknown key train\.lrr \(did you mean train\.lr\?\)"):
-        load_finetune("lab2-finetune-agnews", ["train.lrr=1"])
-    with pytest.raises(ConfigError, match="unknown fine-tuning experiment"):
-        load_finetune("lab2-finetune-nope")
+    agnews = load_experiment("lab2-finetune-agnews")
+    assert (agnews.model.pretrained, agnews.data.name, agnews.data.split_sizes) == ("minilm", "ag_news", [5600, 800, 1200])
+    assert (agnews.optim.lr, agnews.optim.weight_decay, agnews.sched.name) == (1e-4, 0.01, "linear")
+    assert run_kind(agnews) == TEXT_CLASSIFIER
+    yahoo = load_experiment("lab2-finetune-yahoo", ["train.epochs=1", "data.train_size=1000"])
+    assert (yahoo.model.pretrained, yahoo.train.epochs, yahoo.data.train_size) == ("distilroberta-base", 1, 1000)
+    with pytest.raises(ConfigError, match=r"unknown key optim\.lrr \(did you mean optim\.lr\?\)"):
+        load_experiment("lab2-finetune-agnews", ["optim.lrr=1"])
+    with pytest.raises(ConfigError, match="unknown experiment"):
+        load_experiment("lab2-finetune-nope")
     with pytest.raises(ConfigError, match="data.split_sizes"):
-        load_finetune("lab2-finetune-agnews", ["data.split_sizes=[10,10]"])
+        load_experiment("lab2-finetune-agnews", ["data.split_sizes=[10,10]"])
+
+
+@pytest.mark.parametrize("old, new", [("train.lr=1e-4", "use optim.lr"), ("train.weight_decay=0", "use optim.weight_decay"),
+                                      ("train.warmup_frac=0.1", "use sched.warmup_frac"),
+                                      ("train.group_by_length=false", "use data.group_by_length")])
+def test_old_finetune_keys_name_the_new_key(old, new, capsys):
+    with pytest.raises(ConfigError, match=f"is a key of the old fine-tuning dialect: {new}"):
+        load_experiment("lab2-finetune-agnews", [old])
+    # through the command: one line, no traceback, exit 2
+    assert main(["hf", "finetune", "lab2-finetune-agnews", old]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and new in err and "Traceback" not in err
+
+
+def test_old_kind_key_in_a_yaml_file_is_one_clear_error(tmp_path):
+    old = tmp_path / "old.yaml"
+    old.write_text("kind: hf-text-classifier\ndata: {name: ag_news}\nmodel: {name: hf-encoder}\n")
+    with pytest.raises(ConfigError, match="kind is a key of the old fine-tuning dialect: remove it"):
+        load_experiment(str(old))
+
+
+def test_finetune_refuses_an_image_experiment(capsys):
+    assert main(["hf", "finetune", "lab1-mlp"]) == 1
+    assert "trains a image-classifier, not a text classifier; run it with dla train" in capsys.readouterr().err
 
 
 def test_ag_news_split_is_stratified_disjoint_and_seeded():
     need(AG_NEWS, "the shared AG News test split")
-    cfg = load_finetune("lab2-finetune-agnews", [f"data.path={AG_NEWS}"]).data
+    cfg = load_experiment("lab2-finetune-agnews", [f"data.path={AG_NEWS}"]).data
     data = load_ag_news(cfg)
     assert data.classes == CLASSES
     assert data.extra["canonical_test_csv"]
@@ -192,7 +220,7 @@ def test_ag_news_text_cleaning_and_errors(tmp_path):
     bad.write_text('"7","title","description"\n')
     with pytest.raises(DataError, match="line 1: expected class index 1-4"):
         read_ag_news(bad)
-    cfg = load_finetune("lab2-finetune-agnews").data
+    cfg = load_experiment("lab2-finetune-agnews").data
     with pytest.raises(DataError, match="AG News not found .*data.path=FILE"):
         load_ag_news(cfg, tmp_path / "empty-root")
 
@@ -237,17 +265,15 @@ def tiny_bert(tmp_path_factory):
 
 
 def tiny_overrides(model) -> list[str]:
-    return [f"data.path={AG_NEWS}", "data.split_sizes=[960,160,200]", "data.max_length=48", f"model.name={model}",
-            "train.epochs=4", "train.batch_size=16", "train.lr=3e-3", "seed=1", "track.tracker=none"]
+    return [f"data.path={AG_NEWS}", "data.split_sizes=[960,160,200]", "data.max_length=48", f"model.pretrained={model}",
+            "train.epochs=4", "train.batch_size=16", "optim.lr=3e-3", "seed=1", "track.tracker=none",
+            "train.precision=fp32"]
 
 
 def test_tiny_finetune_beats_chance_and_writes_a_run(tiny_bert, capsys):
     need(AG_NEWS, "the shared AG News test split")
-    from dla.hf.classify import evaluate_run
-    from dla.hf.finetune import finetune
-
-    cfg = load_finetune("lab2-finetune-agnews", [*tiny_overrides(tiny_bert), "train.patience=null"])
-    run = finetune(cfg, quiet=True)
+    cfg = load_experiment("lab2-finetune-agnews", [*tiny_overrides(tiny_bert), "train.patience=null"])
+    run = experiment.train(cfg, None, quiet=True)
     summary = run.read_summary()
     history = run.read_metrics()
     assert summary["test_acc"] > 0.45, summary  # chance is 0.25
@@ -256,17 +282,23 @@ def test_tiny_finetune_beats_chance_and_writes_a_run(tiny_bert, capsys):
     assert summary["best_epoch"] == max(history, key=lambda r: r["val_acc"])["epoch"]
     assert summary["steps"] == 4 * 60 and summary["train_tokens_per_s"] > 0
     assert summary["splits"]["train"]["per_class"] == [240] * 4 and summary["max_length"] == 48
-    assert is_text_run(run.path)
+    assert summary["kind"] == run_kind(load_run_config(run)) == TEXT_CLASSIFIER
     for name in ("config.yaml", "metrics.jsonl", "summary.json", "plots/curves.png", "plots/confusion.png",
+                 "checkpoints/best.safetensors", "checkpoints/last.pt",
                  "model/model.safetensors", "model/config.json", "model/tokenizer.json"):
-        assert (run.path / name).is_file(), name
+        assert (run.path / name).exists(), name
+    from transformers import AutoModelForSequenceClassification  # users of from_pretrained get the best epoch's model
+
+    exported = AutoModelForSequenceClassification.from_pretrained(run.path / "model")
+    assert exported.config.id2label[1] == "Sports"
 
     # The saved model is the best epoch's: evaluating it reproduces the test numbers of the run.
-    result = evaluate_run(run.path, None)
+    result, _ = experiment.evaluate_run(run.path, None)
     assert result["test_acc"] == pytest.approx(summary["test_acc"])
     assert result["test_f1"] == pytest.approx(summary["test_f1"])
     assert (run.path / "eval.json").is_file()
-    assert main(["eval", str(run.path), "--json"]) == 0  # dla eval dispatches text runs to dla hf eval
+    capsys.readouterr()
+    assert main(["eval", str(run.path), "--json"]) == 0  # the one dla eval, for text runs too
     assert json.loads(capsys.readouterr().out)["test_acc"] == pytest.approx(summary["test_acc"])
 
     texts = ["The team won the championship final", "Shares fell"]
@@ -280,12 +312,10 @@ def test_tiny_finetune_beats_chance_and_writes_a_run(tiny_bert, capsys):
 
 def test_early_stopping_stops_and_keeps_the_best(tiny_bert):
     need(AG_NEWS, "the shared AG News test split")
-    from dla.hf.finetune import finetune
-
     # At lr 1e-9 the predictions never change, so val_acc does not improve on epoch 1 and patience 1 stops at 2.
-    cfg = load_finetune("lab2-finetune-agnews", [*tiny_overrides(tiny_bert), "train.lr=1e-9", "train.patience=1",
-                                                 "train.epochs=5", "data.split_sizes=[160,80,80]"])
-    summary = finetune(cfg, quiet=True).read_summary()
+    cfg = load_experiment("lab2-finetune-agnews", [*tiny_overrides(tiny_bert), "optim.lr=1e-9", "train.patience=1",
+                                                   "train.epochs=5", "data.split_sizes=[160,80,80]"])
+    summary = experiment.train(cfg, None, quiet=True).read_summary()
     assert summary["epochs_run"] == 2 and summary["best_epoch"] == 1
 
 
@@ -293,16 +323,16 @@ def test_features_baseline_writes_a_summary(tiny_bert, capsys):
     need(AG_NEWS, "the shared AG News test split")
     from dla.hf.features import features_baseline
 
-    cfg = load_finetune("lab2-finetune-agnews", [*tiny_overrides(tiny_bert), "baseline.c_grid=[0.1,1]"])
+    cfg = load_experiment("lab2-finetune-agnews", [*tiny_overrides(tiny_bert), "baseline.c_grid=[0.1,1]"])
     run = features_baseline(cfg, quiet=True)
     summary = run.read_summary()
     assert run.path.parent.name == "lab2-finetune-agnews-features"
-    assert summary["kind"] == "hf-features-baseline" and summary["feature_dim"] == 64
+    assert summary["kind"] == "features-baseline" and summary["feature_dim"] == 64
     assert [g["C"] for g in summary["c_grid"]] == [0.1, 1.0] and summary["best_C"] in (0.1, 1.0)
     assert 0.25 < summary["test_acc"] <= 1 and 0 < summary["test_f1"] <= 1 and np.isfinite(summary["test_loss"])
     assert (run.path / "plots" / "confusion.png").is_file()
     assert main(["predict", str(run.path), "some text"]) == 1  # a baseline run has no fine-tuned model
-    assert "has no fine-tuned model" in capsys.readouterr().err
+    assert "has no trained weights" in capsys.readouterr().err
 
 
 def test_real_minilm_embeddings_rank_similar_sentences():
@@ -311,9 +341,9 @@ def test_real_minilm_embeddings_rank_similar_sentences():
 
     from dla.hf.batching import encode
     from dla.hf.features import embed, load_encoder
-    from dla.hf.hub import load_tokenizer
+    from dla.hf.hub import pretrained_tokenizer
 
-    encoder, tokenizer = load_encoder("minilm"), load_tokenizer("minilm")
+    encoder, tokenizer = load_encoder("minilm"), pretrained_tokenizer("minilm")
     assert encoder.config.num_hidden_layers == 6 and encoder.config.hidden_size == 384
     sentences = ["A man is playing a guitar.", "Someone plays an instrument on stage.",
                  "The central bank raised interest rates again.", "Stock markets fell after the rate decision."]
@@ -322,3 +352,61 @@ def test_real_minilm_embeddings_rank_similar_sentences():
     sim = vectors @ vectors.T
     assert sim[0, 1] > sim[0, 2] + 0.2 and sim[0, 1] > sim[0, 3] + 0.2
     assert sim[2, 3] > sim[2, 0] + 0.2 and sim[2, 3] > sim[2, 1] + 0.2
+
+
+def test_macro_f1_from_the_confusion_matrix_matches_scikit_learn():
+    import torch
+    from sklearn.metrics import confusion_matrix, f1_score
+
+    from dla.train.tasks import macro_f1
+
+    rng = np.random.default_rng(0)
+    y, pred = rng.integers(0, 4, 300), rng.integers(0, 3, 300)  # class 3 is never predicted
+    confusion = torch.from_numpy(confusion_matrix(y, pred, labels=range(4))).double()
+    assert macro_f1(confusion) == pytest.approx(f1_score(y, pred, average="macro", labels=range(4), zero_division=0))
+
+
+@pytest.mark.slow
+def test_finetune_resumes_after_sigkill_to_the_same_result(tiny_bert, tmp_path):
+    """`dla hf finetune` killed with SIGKILL after its first epoch, then `--resume`d, equals an uninterrupted fine-tune."""
+    need(AG_NEWS, "the shared AG News test split")
+    args = [*tiny_overrides(tiny_bert), "train.patience=null", "train.epochs=3"]
+    assert run_dla("hf", "finetune", "lab2-finetune-agnews", *args, "run_name=straight").returncode == 0
+    env = {**os.environ, **SUBPROCESS_ENV}
+    proc = subprocess.Popen([sys.executable, "-m", "dla", "hf", "finetune", "lab2-finetune-agnews", *args, "run_name=killed"],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    killed = RunDir(tmp_path / "runs" / "lab2-finetune-agnews" / "killed")
+    deadline = time.time() + 120
+    while time.time() < deadline and not (killed.metrics.exists() and killed.metrics.read_text().count("\n") >= 1):
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not killed.summary.exists() and 1 <= len(killed.read_metrics()) < 3
+    resumed = run_dla("hf", "finetune", "--resume", str(killed.path))
+    assert resumed.returncode == 0, resumed.stderr
+    straight = RunDir(tmp_path / "runs" / "lab2-finetune-agnews" / "straight")
+    keys = ("step", "train_loss", "train_acc", "val_loss", "val_acc", "val_f1")
+    assert [[r[k] for k in keys] for r in killed.read_metrics()] == [[r[k] for k in keys] for r in straight.read_metrics()]
+    a, b = straight.read_summary(), killed.read_summary()
+    assert (a["test_acc"], a["test_loss"], a["best_epoch"]) == (b["test_acc"], b["test_loss"], b["best_epoch"])
+    assert (killed.path / "model" / "model.safetensors").is_file()
+
+
+@pytest.mark.slow
+def test_finetune_under_torchrun_matches_one_process(tiny_bert, tmp_path):
+    """Two gloo processes, each with half of every batch, give the single process's metrics."""
+    need(AG_NEWS, "the shared AG News test split")
+    args = [*tiny_overrides(tiny_bert), "train.epochs=2", "train.patience=null"]
+    env = {**os.environ, **SUBPROCESS_ENV}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29531",
+           "-m", "dla", "hf", "finetune", "lab2-finetune-agnews", *args, "run_name=ddp"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert run_dla("hf", "finetune", "lab2-finetune-agnews", *args, "run_name=single").returncode == 0
+    ddp = RunDir(tmp_path / "runs" / "lab2-finetune-agnews" / "ddp")
+    single = RunDir(tmp_path / "runs" / "lab2-finetune-agnews" / "single")
+    assert ddp.read_summary()["processes"] == 2 and single.read_summary()["processes"] == 1
+    for a, b in zip(ddp.read_metrics(), single.read_metrics(), strict=True):
+        for key in ("train_loss", "train_acc", "val_loss", "val_acc", "val_f1"):
+            assert a[key] == pytest.approx(b[key], abs=2e-3), (key, a, b)
+    assert ddp.read_summary()["test_acc"] == pytest.approx(single.read_summary()["test_acc"], abs=5e-3)

@@ -10,11 +10,12 @@ import sys
 
 import pytest
 import torch
-
 from conftest import SHARED, need
-from dla import experiment
-from dla.config import load_experiment
+
+from dla import build, experiment
+from dla.config import load_experiment, load_run_config
 from dla.data.text import import_inferno, load_tokenizer
+from dla.device import make_accelerator
 from dla.errors import ConfigError
 from dla.rundir import RunDir
 from dla.train.callbacks import Callback
@@ -49,10 +50,10 @@ def test_char_run_learns_keeps_best_weights_and_scores_test(text_root, tmp_path)
     best = min(history, key=lambda r: r["val_loss"])
     assert summary["best_step"] == best["step"] and summary["best_val_loss"] == pytest.approx(best["val_loss"])
     # the kept weights are the best round's: re-evaluating them gives its val loss
-    model, cfg2 = experiment.load_run_model(run)
-    data = experiment.load_data(cfg2, text_root, load_tokenizer(run.tokenizer))
+    model, cfg2 = build.load_run_model(run)
+    data = build.load_data(cfg2, text_root, load_tokenizer(run.tokenizer))
     task = experiment.make_task(cfg2, data)
-    acc = experiment.make_accelerator(cfg2.train)
+    acc = make_accelerator(cfg2.train)
     assert task.evaluate(model, "val", acc, cfg2.train)["loss"] == pytest.approx(best["val_loss"], rel=1e-4)
     # char level: bits per char is nats per token / ln 2
     assert summary["test_bpc"] == pytest.approx(summary["test_loss"] / math.log(2), rel=1e-6)
@@ -80,12 +81,12 @@ def test_interrupted_lm_run_resumes_to_the_same_result(text_root, tmp_path):
                          run_path=tmp_path / "cut")
     cut = RunDir(tmp_path / "cut")
     assert cut.read_summary()["status"] == "interrupted"
-    resumed = experiment.train(cut.load_config(), text_root, resume=cut)
+    resumed = experiment.train(load_run_config(cut), text_root, resume=cut)
     a, b = full.read_metrics(), resumed.read_metrics()
     assert [r["step"] for r in b] == [10, 20, 30, 40]
     for ra, rb in zip(a, b):
         assert rb["val_loss"] == pytest.approx(ra["val_loss"], abs=1e-5)
-    wa, wb = experiment.model_for(full.load_config()), experiment.model_for(resumed.load_config())
+    wa, wb = build.model_for(load_run_config(full)), build.model_for(load_run_config(resumed))
     load_weights(wa, full.best_weights)
     load_weights(wb, resumed.best_weights)
     assert all(torch.allclose(p, q, atol=1e-6) for p, q in zip(wa.parameters(), wb.parameters()))
@@ -94,7 +95,7 @@ def test_interrupted_lm_run_resumes_to_the_same_result(text_root, tmp_path):
 def test_language_model_config_errors_are_clear(text_root):
     cfg = load_experiment("lab2-gpt-char", [*SMOKE, "train.max_steps=null"])
     with pytest.raises(ConfigError, match="max_steps"):
-        experiment.make_task(cfg, experiment.load_data(cfg, text_root))
+        experiment.make_task(cfg, build.load_data(cfg, text_root))
     with pytest.raises(ConfigError, match="data.splits"):
         load_experiment("lab2-gpt-char", ["data.splits=[0.9,0.1]"])
     with pytest.raises(ConfigError, match="tokenizer"):

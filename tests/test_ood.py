@@ -5,9 +5,9 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import FASHION_SYSTEM, need
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from conftest import FASHION_SYSTEM, need
 from dla import experiment
 from dla.analysis import ood
 from dla.analysis.ood_study import run_odin_grid, run_ood

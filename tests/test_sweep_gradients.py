@@ -3,13 +3,13 @@
 
 import pytest
 import torch
+from conftest import FASHION_SYSTEM, need
 from torch import nn
 
-from conftest import FASHION_SYSTEM, need
-from dla import experiment
+from dla import build, experiment
 from dla.analysis.gradients import layer_norms, read_gradients, total_norm
 from dla.cli import main
-from dla.config import load_experiment
+from dla.config import load_experiment, load_run_config
 from dla.rundir import RunDir
 from dla.sweep import run_sweep
 from dla.train.callbacks import Callback
@@ -59,7 +59,7 @@ def test_smoke_sweep_table_plots_and_resume(fashion, monkeypatch):
     for plot in ("curves.png", "depth.png"):
         assert (sweep_dir / plot).stat().st_size > 5000
     for name in RUNS:
-        cfg = RunDir(sweep_dir / name).load_config()
+        cfg = load_run_config(RunDir(sweep_dir / name))
         assert cfg.data.name == "fashion-mnist" and cfg.model.width == 4
     # the gradient-flow report over the sweep's runs
     assert main(["gradients", str(sweep_dir), "--out", "grads"]) == 0
@@ -91,7 +91,7 @@ def test_gradient_log_covers_every_layer_and_clipping_caps_the_norm(fashion, cli
     )
     run = experiment.train(cfg, fashion)
     records = read_gradients(run)
-    model, _ = experiment.load_run_model(run)
+    model, _ = build.load_run_model(run)
     expected_layers = [n for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
     assert len(records) == run.read_summary()["steps"]
     assert all(list(r["layers"]) == expected_layers for r in records)

@@ -3,16 +3,19 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import tiny_config
 from safetensors.torch import load_file
 
-from conftest import tiny_config
-from dla import experiment
+from dla import build, experiment
+from dla.config import load_run_config
+from dla.device import make_accelerator
 from dla.errors import CheckpointError, ConfigError, TrainingDiverged
 from dla.models import build_model
 from dla.models.mlp import MLPConfig
 from dla.rundir import RunDir
 from dla.train.callbacks import Callback, EarlyStopping
 from dla.train.checkpoint import load_weights, save_weights
+from dla.train.tasks import evaluate
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 
@@ -41,7 +44,7 @@ def test_run_directory_contents(data_root):
         assert key in summary, key
     assert summary["status"] == "completed" and summary["params"] == 784 * 64 + 64 + 64 * 10 + 10
     assert summary["test_acc"] > 0.6  # 3 tiny epochs on 1024 real images still learn
-    assert run.load_config() == tiny_config("run_name=a", "track.tracker=tensorboard")
+    assert load_run_config(run) == tiny_config("run_name=a", "track.tracker=tensorboard")
 
 
 def test_resume_gives_identical_metrics(data_root):
@@ -50,7 +53,7 @@ def test_resume_gives_identical_metrics(data_root):
         experiment.train(tiny_config("run_name=cut"), data_root, callbacks=[StopAfter(1)])
     cut = RunDir.open("runs/lab1-mlp/cut")
     assert len(cut.read_metrics()) == 1 and cut.read_summary()["status"] == "interrupted"
-    resumed = experiment.train(cut.load_config(), data_root, resume=cut)
+    resumed = experiment.train(load_run_config(cut), data_root, resume=cut)
     strip = lambda rs: [{k: v for k, v in r.items() if "time" not in k and k != "elapsed_s"} for r in rs]
     assert strip(resumed.read_metrics()) == strip(straight.read_metrics())
     a, b = straight.read_summary(), resumed.read_summary()
@@ -88,8 +91,8 @@ def test_early_stopping_restores_best_weights(data_root):
     assert summary["status"] == "stopped early" and len(records) < 30
     best = min(records, key=lambda r: r["val_loss"])
     assert summary["best_epoch"] == best["epoch"] and len(records) == best["epoch"] + 2
-    model, cfg = experiment.load_run_model(run)
-    acc = experiment.evaluate(model, experiment.load_data(cfg, data_root).val, experiment.make_accelerator(cfg.train))
+    model, cfg = build.load_run_model(run)
+    acc = evaluate(model, build.load_data(cfg, data_root).val, make_accelerator(cfg.train))
     assert acc["loss"] == pytest.approx(best["val_loss"], rel=1e-5)
 
 

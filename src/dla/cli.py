@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 from dla.errors import DlaError
-from dla.hf.cli import add_hf_parser
 
 
 def _data_root(args: argparse.Namespace) -> Path:
@@ -17,24 +16,23 @@ def _data_root(args: argparse.Namespace) -> Path:
     return Path(args.data_root).expanduser() if args.data_root else default_data_root()
 
 
-def cmd_train(args: argparse.Namespace) -> int:
+def cmd_train(args: argparse.Namespace, cfg=None) -> int:
+    """`dla train EXPERIMENT [key=value ...]` or `--resume RUN`; `cfg`: an already loaded experiment."""
     from dla import experiment
-    from dla.config import load_experiment
+    from dla.config import load_experiment, load_run_config
     from dla.rundir import RunDir
 
     if args.resume:
         if args.experiment or args.overrides:
             raise DlaError("--resume RUN_DIR takes no experiment or overrides: the run's config.yaml is used as is")
         run = RunDir.open(args.resume)
-        cfg = run.load_config()
-        experiment.train(cfg, _data_root(args), resume=run)
+        experiment.train(load_run_config(run), _data_root(args), resume=run)
         return 0
     if not args.experiment:
         raise DlaError("give an experiment (e.g. dla train lab1-mlp) or --resume RUN_DIR")
-    overrides = list(args.overrides)
     if "=" in args.experiment:  # tolerate `dla train key=value` mistakes with a clear message
         raise DlaError(f"{args.experiment!r} looks like an override; the experiment name comes first")
-    cfg = load_experiment(args.experiment, overrides)
+    cfg = cfg or load_experiment(args.experiment, list(args.overrides))
     try:
         experiment.train(cfg, _data_root(args))
     except KeyboardInterrupt:
@@ -44,53 +42,28 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from dla.hf.config import is_text_run
+    from dla.experiment import evaluate_run
 
-    if is_text_run(args.run):  # a fine-tuned text classifier (Lab 2.3): same as dla hf eval RUN
-        from dla.hf.cli import cmd_eval as hf_eval
-
-        return hf_eval(args)
-    from dla import experiment
-    from dla.rundir import RunDir
-
-    from dla.data.text import load_tokenizer
-
-    run = RunDir.open(args.run)
-    cfg = run.load_config()
-    accelerator = experiment.make_accelerator(cfg.train)
-    model, _ = experiment.load_run_model(run, accelerator.device)
-    if experiment.is_text(cfg):
-        data = experiment.load_data(cfg, _data_root(args), load_tokenizer(run.tokenizer))
-        test = experiment.make_task(cfg, data).test(model, accelerator, cfg.train)
-        result = {"run": str(run.path), "data": data.source, **{f"test_{k}": v for k, v in test.items()}}
-        text = (f"{run.path}: {data.source} test loss {test['loss']:.4f} nats/token, {test['bpc']:.4f} bits/char; "
-                f"last-position loss of {cfg.data.block_size}-token windows {test['last_pos_loss']:.4f}")
-        print(json.dumps(result) if args.json else text)
-        return 0
-    data = experiment.load_data(cfg, _data_root(args))
-    metrics = experiment.evaluate(
-        model, data.test, accelerator, cfg.train.eval_batch_size, cfg.train.channels_last, cfg.train.precision
-    )
-    result = {"run": str(run.path), "data": data.source, "test_loss": metrics["loss"], "test_acc": metrics["acc"]}
-    print(json.dumps(result) if args.json else f"{run.path}: {data.source} test loss {metrics['loss']:.4f}  test acc {metrics['acc']:.4f}")
+    result, line = evaluate_run(args.run, _data_root(args))
+    print(json.dumps(result) if args.json else line)
     return 0
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from dla.hf.config import is_text_run
+    from dla.build import open_run
+    from dla.config import TEXT_CLASSIFIER, run_kind
 
-    if is_text_run(args.run):  # a fine-tuned text classifier (Lab 2.3): the arguments are texts
+    run, cfg = open_run(args.run)
+    if run_kind(cfg) == TEXT_CLASSIFIER:  # a fine-tuned text classifier (Lab 2.3): the arguments are texts
         from dla.hf.cli import predict_command
 
         return predict_command(args)
     import torch
     from PIL import Image, UnidentifiedImageError
 
+    from dla.build import class_names, load_run_model
     from dla.data.vision import get_spec
-    from dla.experiment import class_names, load_run_model
-    from dla.rundir import RunDir
 
-    run = RunDir.open(args.run)
     model, cfg = load_run_model(run)
     c, h, w = get_spec(cfg.data.name).shape
     classes = class_names(cfg)
@@ -114,24 +87,23 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_generate(args: argparse.Namespace) -> int:
-    from dla.generate_run import default_prompt, load_lm_run, stream_text
-
-    model, tokenizer, cfg = load_lm_run(args.run)
-    prompt = args.prompt if args.prompt is not None else default_prompt(cfg)
-    prompt = prompt.replace("\\n", "\n")  # let a shell user write line breaks as \n
-    top_k = args.top_k if args.top_k and args.top_k > 0 else None
-    tokenizer.encode(prompt)  # an unknown character fails here, before any output
-    sys.stdout.write(prompt)
-    sys.stdout.flush()
+def write_stream(pieces) -> int:
+    """Print text pieces as they come (a generator's prompt first); Ctrl-C ends the text, not the command."""
     try:
-        for piece in stream_text(model, tokenizer, prompt, args.max_new_tokens, args.temperature, top_k, args.top_p, args.seed):
+        for piece in pieces:
             sys.stdout.write(piece)
             sys.stdout.flush()
     except KeyboardInterrupt:
         pass
     sys.stdout.write("\n")
     return 0
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from dla.generate_run import generate_from_run
+
+    return write_stream(generate_from_run(args.run, args.prompt, args.max_new_tokens, args.temperature, args.top_k,
+                                          args.top_p, args.seed))
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -169,29 +141,12 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def cmd_gradients(args: argparse.Namespace) -> int:
-    from dla.analysis.gradients import plot_gradients, read_gradients, summarise
-    from dla.report.tables import markdown_table
+    from dla.analysis.gradients import gradient_report
     from dla.rundir import find_runs
 
-    runs = {}
-    for run in find_runs(args.runs):
-        clip = run.load_config().train.clip_grad_norm
-        runs[run.label + (f" (clip {clip:g})" if clip else "")] = read_gradients(run)
-    out = Path(args.out)
-    paths = plot_gradients(runs, out)
-    rows = [summarise(label, records) for label, records in runs.items()]
-    columns = (
-        ("run", "run", "str"),
-        ("layers", "layers", "str"),
-        ("first-layer grad (median)", "first_grad", "sci"),
-        ("last-layer grad (median)", "last_grad", "sci"),
-        ("first / last", "first_over_last", "float"),
-        ("total grad (median)", "total_grad", "sci"),
-    )
-    table = markdown_table(rows, columns)
-    (out / "gradients.md").write_text(table)
+    table, paths = gradient_report(find_runs(args.runs), Path(args.out))
     print(table, end="")
-    print(f"wrote {', '.join(map(str, paths))} and {out / 'gradients.md'}")
+    print(f"wrote {', '.join(map(str, paths))}")
     return 0
 
 
@@ -213,9 +168,9 @@ def cmd_ood(args: argparse.Namespace) -> int:
 
 def cmd_attack(args: argparse.Namespace) -> int:
     from dla.analysis.adversarial import accuracy_under_attack, parse_eps, plot_gallery
+    from dla.build import class_names, load_data, load_run_model
     from dla.data.batches import to_unit_float
     from dla.data.ood import sample
-    from dla.experiment import class_names, load_data, load_run_model
     from dla.report.plots import plot_xy
     from dla.report.tables import markdown_table
     from dla.rundir import RunDir
@@ -357,7 +312,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n", type=int, default=1000, help="test images to attack (default 1000)")
     p.set_defaults(func=cmd_attack)
 
-    add_hf_parser(sub)
+    from dla.hf.cli import add_hf_parser
+
+    add_hf_parser(sub, {"train": cmd_train, "eval": cmd_eval, "write_stream": write_stream, "data_root": _data_root})
 
     p = sub.add_parser("data", help="list or import data sets (offline use)")
     data_sub = p.add_subparsers(dest="data_command", metavar="ACTION")

@@ -66,6 +66,45 @@ TEXT_DATA = ("inferno",)
 
 
 @dataclass
+class TopicDataConfig:
+    """A topic-classification data set (Lab 2.3) for a pretrained encoder, and its train/val/test split."""
+
+    name: Literal["ag_news", "yahoo_answers_topics"] = "ag_news"
+    path: str | None = None  # ag_news: the CSV; default DATA_ROOT/ag_news/test.csv, then ../shared/data/ag_news/test.csv
+    hub_id: str = "community-datasets/yahoo_answers_topics"  # yahoo_answers_topics: where on the Hub
+    split_sizes: list[int] = field(default_factory=lambda: [5600, 800, 1200])  # ag_news: stratified train/val/test
+    train_size: int | None = None  # yahoo: a stratified subset of the 1.4M training questions (None: all)
+    val_size: int = 5000  # yahoo: carved (stratified) from the training split
+    test_size: int | None = None  # yahoo: a stratified subset of the 60k test questions (None: all)
+    split_seed: int = 0
+    max_length: int | None = None  # tokens; None: the length_percentile of the training texts, capped at the model's
+    length_percentile: float = 99.0
+    group_by_length: bool = True  # batches of similar lengths (shuffled), so dynamic padding pads little
+
+    def validate(self) -> None:
+        check_positive(self, "train_size", "val_size", "test_size", "max_length", prefix="data.")
+        if len(self.split_sizes) != 3 or min(self.split_sizes) <= 0:
+            raise ConfigError(f"data.split_sizes: three positive sizes train,val,test, got {self.split_sizes}")
+        if not 50 <= self.length_percentile <= 100:
+            raise ConfigError(f"data.length_percentile: must be in [50, 100], got {self.length_percentile}")
+
+
+TOPIC_DATA = ("ag_news", "yahoo_answers_topics")
+
+# What kind of model a run trains, decided by its data section: the one way every command tells runs apart.
+IMAGE_CLASSIFIER, LANGUAGE_MODEL, TEXT_CLASSIFIER = "image-classifier", "language-model", "text-classifier"
+
+
+def run_kind(cfg: "ExperimentConfig") -> str:
+    """image-classifier (Labs 1, 3), language-model (Lab 2.1) or text-classifier (Lab 2.3)."""
+    if isinstance(cfg.data, TextDataConfig):
+        return LANGUAGE_MODEL
+    if isinstance(cfg.data, TopicDataConfig):
+        return TEXT_CLASSIFIER
+    return IMAGE_CLASSIFIER
+
+
+@dataclass
 class OptimConfig:
     name: Literal["sgd", "adamw", "adam"] = "adamw"
     lr: float = 1e-3
@@ -81,8 +120,8 @@ class OptimConfig:
 
 @dataclass
 class SchedConfig:
-    name: Literal["none", "onecycle", "cosine"] = "none"
-    warmup_frac: float = 0.1  # share of all steps spent warming up (onecycle and cosine)
+    name: Literal["none", "onecycle", "cosine", "linear"] = "none"  # linear: warm-up, then linear decay to 0 (BERT's)
+    warmup_frac: float = 0.1  # share of all steps spent warming up (onecycle, cosine and linear)
 
     def validate(self) -> None:
         if not 0.0 <= self.warmup_frac < 1.0:
@@ -133,22 +172,40 @@ class TrackConfig:
 
 
 @dataclass
+class BaselineConfig:
+    """Lab 2.3's frozen-feature baseline (`dla hf features-baseline`): mean-pooled encoder outputs + logistic regression."""
+
+    c_grid: list[float] = field(default_factory=lambda: [0.01, 0.03, 0.1, 0.3, 1.0])  # C chosen on the val split
+    max_iter: int = 3000
+
+
+@dataclass
 class ExperimentConfig:
     name: str = "experiment"
     seed: int = 0
     runs_dir: str = "runs"
     run_name: str | None = None  # default: a timestamp
-    data: Any = field(default_factory=DataConfig)  # DataConfig, or TextDataConfig for a text corpus
+    data: Any = field(default_factory=DataConfig)  # DataConfig, TextDataConfig (a text corpus) or TopicDataConfig
     model: Any = None  # the dataclass registered for model.name (see dla.models)
     optim: OptimConfig = field(default_factory=OptimConfig)
     sched: SchedConfig = field(default_factory=SchedConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     track: TrackConfig = field(default_factory=TrackConfig)
+    baseline: BaselineConfig = field(default_factory=BaselineConfig)  # text classifiers' frozen-feature baseline
     presets: dict[str, str] = field(default_factory=dict)  # which presets were applied (record only)
 
 
 # `GROUP=VALUE` shorthands for the most used keys.
 ALIASES = {"data": "data.name", "tracker": "track.tracker", "model": "model.name"}
+
+# Keys of the former fine-tuning dialect (dla hf finetune before one engine) and where they went.
+RENAMED = {
+    "kind": "remove it: a run's kind follows from data.name",
+    "train.lr": "use optim.lr",
+    "train.weight_decay": "use optim.weight_decay",
+    "train.warmup_frac": "use sched.warmup_frac (with sched.name=linear)",
+    "train.group_by_length": "use data.group_by_length",
+}
 
 
 def builtin_config_dir() -> Path:
@@ -208,13 +265,14 @@ def to_dict(cfg: Any) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
 
 
-def save_config(cfg: ExperimentConfig, path: Path) -> None:
-    path.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
-
-
 def load_config_file(path: Path) -> ExperimentConfig:
     """Reload a resolved `config.yaml` written by a run."""
-    return from_dict(yaml.safe_load(path.read_text()))
+    return from_dict(yaml.safe_load(Path(path).read_text()))
+
+
+def load_run_config(run: Any) -> ExperimentConfig:
+    """The resolved config of a run directory (a `RunDir` or a path to one)."""
+    return load_config_file(getattr(run, "config", None) or Path(run) / "config.yaml")
 
 
 def _split_override(text: str) -> tuple[str, str]:
@@ -256,6 +314,8 @@ def _build(cls: type, raw: Any, prefix: str) -> Any:
     hints = get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     for key in raw:
+        if f"{prefix}{key}" in RENAMED:
+            raise ConfigError(f"{prefix}{key} is a key of the old fine-tuning dialect: {RENAMED[prefix + key]}")
         if key not in names:
             near = difflib.get_close_matches(str(key), names, n=1)
             hint = f" (did you mean {prefix}{near[0]}?)" if near else ""
@@ -270,8 +330,9 @@ def _build(cls: type, raw: Any, prefix: str) -> Any:
         if cls is ExperimentConfig and name == "model":
             kwargs[name] = _build(_model_class(raw[name], prefix), raw[name], key + ".")
         elif cls is ExperimentConfig and name == "data":
-            text = isinstance(raw[name], dict) and raw[name].get("name") in TEXT_DATA
-            kwargs[name] = _build(TextDataConfig if text else DataConfig, raw[name], key + ".")
+            data_name = raw[name].get("name") if isinstance(raw[name], dict) else None
+            data_cls = TextDataConfig if data_name in TEXT_DATA else TopicDataConfig if data_name in TOPIC_DATA else DataConfig
+            kwargs[name] = _build(data_cls, raw[name], key + ".")
         else:
             kwargs[name] = coerce(raw[name], hints[name], key)
     try:

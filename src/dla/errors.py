@@ -23,3 +23,7 @@ class CheckpointError(DlaError):
 
 class TrainingDiverged(DlaError):
     """The loss became NaN or infinite."""
+
+
+class WrongRunKind(DlaError):
+    """A command given a run of a kind it does not work on (e.g. `dla ood` on a language model)."""

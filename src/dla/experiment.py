@@ -1,131 +1,94 @@
 """Run an experiment config end to end: data, task, model, optimiser, `fit`, test metrics, summary, plots.
 
-Image experiments (Lab 1, 3) and language-model experiments (Lab 2.1) share this runner and the
-loop; what differs lives in the `Task` (`dla.train.tasks`). Also the pieces later steps share:
-building the accelerator and loading a run's model for `eval`, `predict`, `generate` and analysis.
+Every lab trains here: image classifiers (Labs 1, 3), language models (Lab 2.1) and fine-tuned
+text classifiers (Lab 2.3) share this runner and the loop; what differs lives in the `Task`
+(`dla.train.tasks`). Also `evaluate_run`, the test metrics of a finished run (`dla eval`).
 """
 
 from __future__ import annotations
 
-import os
+import json
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list, set_seed
 
 from dla.analysis.gradients import GradientStats
-from dla.config import ExperimentConfig, TextDataConfig, TrainConfig, to_dict
-from dla.data.text import TextData, build_text_data, load_corpus, load_tokenizer
-from dla.data.vision import ImageData, get_spec, load_image_data
+from dla.build import (
+    class_names,
+    describe_data,
+    load_data,
+    load_run_model,
+    model_for,
+    open_run,
+)
+from dla.config import (
+    LANGUAGE_MODEL,
+    TEXT_CLASSIFIER,
+    ExperimentConfig,
+    run_kind,
+    to_dict,
+)
+from dla.data.text import TextData, load_tokenizer
+from dla.device import can_compile, make_accelerator
 from dla.errors import ConfigError
-from dla.models import MODELS, build_model, count_parameters
+from dla.io import atomic_text
+from dla.models import count_parameters
 from dla.report.plots import plot_run_curves
 from dla.report.tables import markdown_table, run_columns
 from dla.rundir import RunDir
 from dla.track import Tracker, check_tracker, make_tracker
 from dla.train.callbacks import Callback, EarlyStopping
-from dla.train.checkpoint import load_state, load_weights
-from dla.train.loop import FitState, evaluate, fit, set_rng_state
+from dla.train.checkpoint import load_state
+from dla.train.loop import FitState, fit, set_rng_state
 from dla.train.optim import build_optimizer, build_scheduler
-from dla.train.tasks import ImageTask, LMTask, Task
+from dla.train.tasks import ImageTask, LMTask, Task, TextClassifierTask
 
 
-def make_accelerator(cfg: TrainConfig) -> Accelerator:
-    """An Accelerator for the configured device and precision (DDP when launched by torchrun)."""
-    if cfg.device == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("train.device=cuda but no CUDA device is available; use train.device=auto or cpu")
-    if cfg.deterministic:
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True, warn_only=True)
-        torch.backends.cudnn.benchmark = False
-    # accelerate only sets up gloo DDP under torchrun when told it runs on the CPU.
-    on_cpu = cfg.device == "cpu" or (cfg.device == "auto" and not torch.cuda.is_available())
-    accelerator = Accelerator(cpu=on_cpu)
-    if cfg.batch_size % accelerator.num_processes:
-        raise ConfigError(
-            f"train.batch_size={cfg.batch_size} must divide evenly across {accelerator.num_processes} processes"
-        )
-    return accelerator
+def make_task(cfg: ExperimentConfig, data: Any) -> Task:
+    """The task for the data, after checking the config suits it.
 
-
-def can_compile(device: torch.device, verbose: bool = True) -> bool:
-    """torch.compile on the CPU needs a C++ compiler; without one, train eagerly instead of failing later."""
-    import shutil
-
-    if device.type == "cpu" and not any(shutil.which(c) for c in ("g++", "c++", "clang++")):
-        if verbose:
-            print("note: train.compile=true needs a C++ compiler on the CPU (none found); training without compile")
-        return False
-    return True
-
-
-def class_names(cfg: ExperimentConfig) -> tuple[str, ...]:
-    """The names of the classes a run's model predicts, in output order."""
-    names = get_spec(cfg.data.name).classes
-    return tuple(names[i] for i in cfg.data.classes) if cfg.data.classes else names
-
-
-def is_text(cfg: ExperimentConfig) -> bool:
-    return isinstance(cfg.data, TextDataConfig)
-
-
-def model_for(cfg: ExperimentConfig) -> torch.nn.Module:
-    if is_text(cfg):  # vocab_size and block_size were set from the tokenizer and data.block_size
-        return MODELS[cfg.model.name].build(cfg.model, (cfg.model.block_size,), cfg.model.vocab_size)
-    spec = get_spec(cfg.data.name)
-    return build_model(cfg.model, spec.shape, len(class_names(cfg)), spec.mean, spec.std)
-
-
-def load_run_model(run: RunDir, device: torch.device | str = "cpu") -> tuple[torch.nn.Module, ExperimentConfig]:
-    """The model of a run with its best weights, in eval mode."""
-    cfg = run.load_config()
-    model = model_for(cfg)
-    load_weights(model, run.best_weights)
-    return model.to(device).eval(), cfg
-
-
-def load_data(cfg: ExperimentConfig, data_root: Path, tokenizer=None) -> ImageData | TextData:
-    d = cfg.data
-    if is_text(cfg):
-        text, source = load_corpus(d.name, data_root, d.path, d.download)
-        return build_text_data(text, source, d.splits, d.tokenizer, d.vocab_size, d.min_frequency, tok=tokenizer)
-    return load_image_data(
-        d.name, data_root, d.val_size, d.split_seed, d.train_subset, d.test_subset, d.download, d.classes
-    )
-
-
-def make_task(cfg: ExperimentConfig, data: ImageData | TextData) -> Task:
-    """The task for the data, after checking the config suits it."""
-    if isinstance(data, TextData):
+    Settings that follow from the data (a language model's vocabulary and context) are filled in
+    when unset; a value the user set that contradicts the data stops with a one-line error.
+    """
+    kind = run_kind(cfg)
+    if kind == LANGUAGE_MODEL:
         if cfg.model.name != "gpt":
             raise ConfigError(f"data.name={cfg.data.name} is text: it needs model.name=gpt, not {cfg.model.name}")
         if cfg.train.max_steps is None:
             raise ConfigError("language models train for a number of steps: set train.max_steps (e.g. 5000)")
         if cfg.train.monitor != "val_loss":
             raise ConfigError("language models have no accuracy: set train.monitor=val_loss")
-        cfg.model.vocab_size = data.tokenizer.vocab_size
-        cfg.model.block_size = cfg.data.block_size
-        return LMTask(data, cfg.data.block_size, cfg.seed)
+        vocab, block = data.tokenizer.vocab_size, cfg.data.block_size
+        if cfg.model.vocab_size not in (None, vocab):
+            raise ConfigError(f"model.vocab_size={cfg.model.vocab_size} differs from the tokenizer's {vocab}; leave it unset")
+        if cfg.model.block_size is not None and cfg.model.block_size < block:
+            raise ConfigError(f"model.block_size={cfg.model.block_size} is shorter than data.block_size={block}, "
+                              f"the training windows; leave it unset or make it >= {block}")
+        cfg.model.vocab_size = vocab
+        cfg.model.block_size = cfg.model.block_size or block
+        return LMTask(data, block, cfg.seed)
+    if kind == TEXT_CLASSIFIER:
+        train_size = len(data.data.train)
+        if cfg.train.batch_size > train_size:
+            raise ConfigError(f"train.batch_size={cfg.train.batch_size} exceeds the {train_size} training texts")
+        return TextClassifierTask(data, cfg.data.group_by_length)
     if cfg.train.batch_size > len(data.train):
         raise ConfigError(f"train.batch_size={cfg.train.batch_size} exceeds the {len(data.train)} training images")
     return ImageTask(data, cfg.data.augment)
 
 
-def describe_data(data: ImageData | TextData) -> str:
-    if isinstance(data, TextData):
-        return data.describe()
-    return f"{data.source}: {len(data.train)} train / {len(data.val)} val / {len(data.test)} test"
-
-
 def train(
     cfg: ExperimentConfig,
-    data_root: Path,
+    data_root: Path | None,
     resume: RunDir | None = None,
     callbacks: Sequence[Callback] = (),
     run_path: Path | None = None,
+    quiet: bool = False,
 ) -> RunDir:
     """Train `cfg` into a new run directory (`run_path`, else a fresh one), or continue `resume`."""
     started = time.time()
@@ -133,9 +96,10 @@ def train(
     accelerator = make_accelerator(cfg.train)
     main = accelerator.is_main_process
     set_seed(cfg.seed)
-    tokenizer = load_tokenizer(resume.tokenizer) if resume is not None and is_text(cfg) else None
-    data = load_data(cfg, data_root, tokenizer)
+    tokenizer = load_tokenizer(resume.tokenizer) if resume is not None and run_kind(cfg) == LANGUAGE_MODEL else None
+    data = load_data(cfg, data_root, tokenizer, quiet=quiet or not main)
     task = make_task(cfg, data)
+    set_seed(cfg.seed)  # the initial weights depend on the seed alone, whatever loading the data drew
     raw_model = model_for(cfg).to(accelerator.device)
     if cfg.train.channels_last:
         raw_model = raw_model.to(memory_format=torch.channels_last)
@@ -156,11 +120,11 @@ def train(
         state = FitState(**saved["fit"], history=list(saved["history"]))
         if main:
             run.rewrite_metrics(state.history)  # drop records of an epoch that was not checkpointed
-            print(f"resuming {run.path} after epoch {state.epoch}")
+            print(f"resuming {run.path} after {task.unit} {state.epoch}")
     else:
         path = (run_path or RunDir.new_path(cfg.runs_dir, cfg.name, cfg.run_name)) if main else None
         path = broadcast_object_list([path])[0] if accelerator.num_processes > 1 else path
-        run = RunDir.create(path, cfg) if main else RunDir(path)
+        run = RunDir.create(path, to_dict(cfg)) if main else RunDir(path)
         if main and isinstance(data, TextData):
             data.tokenizer.save(run.tokenizer)
     accelerator.wait_for_everyone()
@@ -188,8 +152,8 @@ def train(
         )
         status = "stopped early" if early.should_stop else "completed"
         test = task.test(raw_model, accelerator, cfg.train)
-        if main and isinstance(data, TextData):
-            write_sample(raw_model, data, cfg, run, tracker, state.step)
+        if main:
+            task.finish(raw_model, run, cfg, tracker, state.step)
     except KeyboardInterrupt:
         status = "interrupted"
         raise
@@ -202,6 +166,7 @@ def train(
             summary = run_summary(cfg, run, status, data, params, state, early, accelerator, time.time() - started)
             if status in ("completed", "stopped early"):
                 summary.update({f"test_{k}": v for k, v in test.items()})
+                summary.update(task.summary(state.history))
                 if isinstance(data, TextData) and data.test_is_val:
                     summary["test_split"] = "val (two-way split)"
             else:
@@ -216,22 +181,11 @@ def train(
     return run
 
 
-def write_sample(model: torch.nn.Module, data: TextData, cfg: ExperimentConfig, run: RunDir, tracker: Tracker, step: int) -> None:
-    """A 500-character sample from the best weights, to sample.txt and the tracker."""
-    from dla.generate_run import default_prompt, sample_text
-
-    prompt = default_prompt(cfg)
-    text = sample_text(model, data.tokenizer, prompt, chars=500, seed=cfg.seed)
-    run.sample.write_text(text)
-    tracker.text("sample", text, step)
-    print(f"\nsample ({run.sample}):\n{text}\n")
-
-
 def run_summary(
     cfg: ExperimentConfig,
     run: RunDir,
     status: str,
-    data: ImageData | TextData,
+    data: Any,
     params: int,
     state: FitState,
     early: EarlyStopping,
@@ -242,10 +196,11 @@ def run_summary(
     summary = {
         "experiment": cfg.name,
         "run": run.name,
+        "kind": run_kind(cfg),
         "status": status,
         "data": data.source,
         "model": cfg.model.name,
-        "unit": "epoch" if isinstance(data, ImageData) else "round",
+        "unit": "round" if run_kind(cfg) == LANGUAGE_MODEL else "epoch",
         "params": params,
         "epochs_run": state.epoch,
         "steps": state.step,
@@ -264,3 +219,38 @@ def run_summary(
         summary["best_step"] = best["step"]
         summary.update({f"best_{k}": v for k, v in best.items() if k.startswith("val_")})
     return summary
+
+
+def evaluate_run(path: str | Path, data_root: Path | None) -> tuple[dict[str, Any], str]:
+    """Test metrics of a run's best weights, recomputed on its test split; written to RUN/eval.json.
+
+    Returns the result and a line to print (for a text classifier, also its confusion matrix).
+    """
+    run, cfg = open_run(path)
+    accelerator = make_accelerator(cfg.train)
+    model, cfg = load_run_model(run, accelerator.device)
+    kind = run_kind(cfg)
+    if kind == TEXT_CLASSIFIER:
+        summary = run.read_summary()
+        recorded = summary.get("data_files", {})
+        if cfg.data.path is None and recorded.get("file") and Path(recorded["file"]).is_file():
+            cfg.data.path = recorded["file"]  # the file the run was trained on, wherever this command runs
+    tokenizer = load_tokenizer(run.tokenizer) if kind == LANGUAGE_MODEL else None
+    data = load_data(cfg, data_root, tokenizer, quiet=True)
+    task = make_task(cfg, data)
+    test = task.test(model, accelerator, cfg.train)
+    result = {"run": str(run.path), "kind": kind, "data": data.source, **{f"test_{k}": v for k, v in test.items()}}
+    if kind == LANGUAGE_MODEL:
+        line = (f"{run.path}: {data.source} test loss {test['loss']:.4f} nats/token, {test['bpc']:.4f} bits/char; "
+                f"last-position loss of {cfg.data.block_size}-token windows {test['last_pos_loss']:.4f}")
+    elif kind == TEXT_CLASSIFIER:
+        from dla.hf.classify import confusion_text
+
+        result["n"] = len(data.data.test)
+        line = (f"{run.path}: {data.source} test split ({result['n']} texts): accuracy {test['acc']:.4f}  "
+                f"macro-F1 {test['f1']:.4f}  loss {test['loss']:.4f}\n"
+                + confusion_text(task.confusion["test"].long().numpy(), class_names(cfg)))
+    else:
+        line = f"{run.path}: {data.source} test loss {test['loss']:.4f}  test acc {test['acc']:.4f}"
+    atomic_text(run.path / "eval.json", json.dumps(result, indent=2) + "\n")
+    return result, line

@@ -9,7 +9,6 @@ import torch
 
 from dla.data.text import INFERNO_FIRST, load_tokenizer
 from dla.errors import DlaError
-from dla.rundir import RunDir
 
 
 def default_prompt(cfg) -> str:
@@ -62,22 +61,24 @@ def sample_text(model, tokenizer, prompt: str, chars: int = 500, seed: int | Non
 
 def load_lm_run(run_path: str | Path, device: str = "cpu"):
     """(model with best weights, tokenizer, config) of a language-model run directory."""
-    from dla.experiment import is_text, load_run_model
+    from dla.build import load_run_model, open_run
 
-    run = RunDir.open(run_path)
-    cfg = run.load_config()
-    if not is_text(cfg):
-        raise DlaError(f"{run.path} is a {cfg.model.name} classifier run, not a language model (Lab 2.1)")
-    if not run.best_weights.is_file():
-        raise DlaError(f"{run.path} has no weights yet (checkpoints/best.safetensors)")
+    run, _ = open_run(run_path, "dla generate")
     model, cfg = load_run_model(run, device)
     return model, load_tokenizer(run.tokenizer), cfg
 
 
 def generate_from_run(
-    run_path: str | Path, prompt: str, max_new_tokens: int = 500, temperature: float = 0.8,
+    run_path: str | Path, prompt: str | None = None, max_new_tokens: int = 500, temperature: float = 0.8,
     top_k: int | None = 50, top_p: float | None = 0.95, seed: int | None = 0,
 ) -> Iterator[str]:
-    """Stream generated text pieces from a run's best weights."""
-    model, tokenizer, _ = load_lm_run(run_path)
-    return stream_text(model, tokenizer, prompt, max_new_tokens, temperature, top_k, top_p, seed)
+    """The prompt (default: the run's own, `\\n` read as a line break), then each generated piece as it is sampled.
+
+    `dla generate RUN` and `dla hf generate --run RUN` both print exactly this stream.
+    """
+    model, tokenizer, cfg = load_lm_run(run_path)
+    prompt = (prompt if prompt is not None else default_prompt(cfg)).replace("\\n", "\n")
+    top_k = top_k if top_k and top_k > 0 else None
+    tokenizer.encode(prompt)  # an unknown character fails here, before any output
+    yield prompt
+    yield from stream_text(model, tokenizer, prompt, max_new_tokens, temperature, top_k, top_p, seed)

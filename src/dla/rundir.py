@@ -9,6 +9,11 @@
         plots/            PNG figures
         tokenizer.json    language models: the tokenizer fitted on the training text
         sample.txt        language models: a sample generated from the best weights
+        model/            text classifiers: the fine-tuned encoder and tokenizer (`save_pretrained`)
+        eval.json         what `dla eval` measured last
+
+The run directory knows files, not experiment configs: `config.yaml` is written from plain data
+and read back by `dla.config.load_run_config`.
 """
 
 from __future__ import annotations
@@ -18,7 +23,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from dla.config import ExperimentConfig, load_config_file, save_config
+import yaml
+
 from dla.errors import DlaError
 from dla.io import atomic_write
 
@@ -37,6 +43,7 @@ class RunDir:
     plots = property(lambda self: self.path / "plots")
     tokenizer = property(lambda self: self.path / "tokenizer.json")  # language models
     sample = property(lambda self: self.path / "sample.txt")  # language models: text generated after training
+    hf_model = property(lambda self: self.path / "model")  # text classifiers: save_pretrained folder (from_pretrained)
 
     @property
     def name(self) -> str:
@@ -58,11 +65,13 @@ class RunDir:
         return path
 
     @classmethod
-    def create(cls, path: Path, cfg: ExperimentConfig) -> "RunDir":
+    def create(cls, path: Path, config: dict[str, Any]) -> "RunDir":
+        """A new run folder holding `config` (the resolved config as plain data) as config.yaml."""
         run = cls(path)
         run.checkpoints.mkdir(parents=True, exist_ok=False)
         run.plots.mkdir(exist_ok=True)
-        atomic_write(run.config, lambda tmp: save_config(cfg, tmp))
+        text = yaml.safe_dump(config, sort_keys=False)
+        atomic_write(run.config, lambda tmp: tmp.write_text(text))
         return run
 
     @classmethod
@@ -71,9 +80,6 @@ class RunDir:
         if not run.config.is_file():
             raise DlaError(f"{path} is not a run directory (no config.yaml); runs are under runs/<experiment>/<run>")
         return run
-
-    def load_config(self) -> ExperimentConfig:
-        return load_config_file(self.config)
 
     def append_metrics(self, record: dict[str, Any]) -> None:
         with open(self.metrics, "a") as fh:

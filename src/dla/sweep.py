@@ -26,7 +26,7 @@ from typing import Any
 
 import yaml
 
-from dla.config import find_experiment, load_experiment
+from dla.config import find_experiment, load_experiment, load_run_config
 from dla.errors import ConfigError
 from dla.report.plots import plot_overlaid, plot_xy
 from dla.report.tables import markdown_table
@@ -112,7 +112,7 @@ def run_sweep(name: str, overrides: list[str], data_root: Path) -> Path:
             continue
         if run.last_state.is_file():
             print("resuming")
-            experiment.train(run.load_config(), data_root, resume=run)
+            experiment.train(load_run_config(run), data_root, resume=run)
             continue
         if path.exists():
             shutil.rmtree(path)  # started but never checkpointed: nothing to keep

@@ -15,8 +15,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from dla.report.plots import plt, save_figure
 from dla.errors import DlaError
+from dla.report.plots import plt, save_figure
 from dla.rundir import RunDir
 from dla.train.callbacks import Callback
 
@@ -159,3 +159,28 @@ def plot_gradients(runs: dict[str, list[dict[str, Any]]], out: Path) -> list[Pat
     ax.legend(fontsize="small")
     paths.append(save_figure(fig, out / "total.png"))
     return paths
+
+
+def gradient_report(runs: list[RunDir], out: Path) -> tuple[str, list[Path]]:
+    """Plots and a Markdown summary (`out/gradients.md`) of the gradient flow of `runs`; returns the table and files."""
+    from dla.config import load_run_config
+    from dla.io import atomic_text
+    from dla.report.tables import markdown_table
+
+    records = {}
+    for run in runs:
+        clip = load_run_config(run).train.clip_grad_norm
+        records[run.label + (f" (clip {clip:g})" if clip else "")] = read_gradients(run)
+    paths = plot_gradients(records, out)
+    rows = [summarise(label, r) for label, r in records.items()]
+    columns = (
+        ("run", "run", "str"),
+        ("layers", "layers", "str"),
+        ("first-layer grad (median)", "first_grad", "sci"),
+        ("last-layer grad (median)", "last_grad", "sci"),
+        ("first / last", "first_over_last", "float"),
+        ("total grad (median)", "total_grad", "sci"),
+    )
+    table = markdown_table(rows, columns)
+    atomic_text(out / "gradients.md", table)
+    return table, [*paths, out / "gradients.md"]

@@ -14,12 +14,18 @@ import numpy as np
 import torch
 
 from dla.analysis import ood
+from dla.build import load_data, load_run_model
 from dla.data.batches import to_unit_float
 from dla.data.ood import ood_images, sample
 from dla.data.vision import drop_classes, get_spec, load_arrays
 from dla.errors import DlaError
-from dla.experiment import load_data, load_run_model
-from dla.report.plots import plot_heatmap, plot_roc_pr, plot_score_histograms, plt, save_figure
+from dla.report.plots import (
+    plot_heatmap,
+    plot_roc_pr,
+    plot_score_histograms,
+    plt,
+    save_figure,
+)
 from dla.report.tables import markdown_table
 from dla.rundir import RunDir
 

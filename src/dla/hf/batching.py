@@ -5,13 +5,14 @@ training batches grouped by length so that little padding is computed, evaluatio
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
+
+from dla.device import autocast
 
 
 @dataclass
@@ -65,11 +66,6 @@ def train_batches(lengths: np.ndarray, batch_size: int, generator: torch.Generat
     if group_by_length:
         batches = [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]
     return batches
-
-
-def autocast(device: torch.device, precision: str):
-    """bf16 autocast when asked, else nothing."""
-    return torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16" else nullcontext()
 
 
 def length_sorted(lengths: np.ndarray, batch_size: int) -> Iterator[np.ndarray]:

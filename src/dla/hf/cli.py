@@ -4,16 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
-from pathlib import Path
+from collections.abc import Callable
 
 from dla.errors import DlaError
-
-
-def _data_root(args: argparse.Namespace) -> Path:
-    from dla.data.vision import default_data_root
-
-    return Path(args.data_root).expanduser() if getattr(args, "data_root", None) else default_data_root()
 
 
 def cmd_tokenize(args: argparse.Namespace) -> int:
@@ -27,8 +20,11 @@ def cmd_tokenize(args: argparse.Namespace) -> int:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    if args.run:
-        return _generate_from_run(args)
+    if args.run:  # a Lab 2.1 run: the same stream as `dla generate RUN`
+        from dla.generate_run import generate_from_run
+
+        return args.write_stream(generate_from_run(args.run, args.prompt, args.max_new_tokens or args.max_length,
+                                                   args.temperature, args.top_k, args.top_p, args.seed))
     from dla.hf.generate import Sampling, generate, load_causal_lm, stream_to_stdout
     from dla.hf.hub import quiet_transformers
 
@@ -46,31 +42,6 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _generate_from_run(args: argparse.Namespace) -> int:
-    """The hook for Lab 2.1 runs: `dla.generate_run.generate_from_run` streams or returns the text."""
-    try:
-        from dla.generate_run import generate_from_run
-    except ImportError:
-        raise DlaError("Lab 2.1 generation not available") from None
-    if args.prompt is None:  # the run's own default ("Nel mezzo del cammin" for the Inferno)
-        from dla.generate_run import default_prompt
-        from dla.rundir import RunDir
-
-        args.prompt = default_prompt(RunDir.open(args.run).load_config())
-    top_k = args.top_k if args.top_k and args.top_k > 0 else None
-    result = generate_from_run(args.run, args.prompt, args.max_new_tokens or args.max_length, args.temperature,
-                               top_k, args.top_p, args.seed)
-    if isinstance(result, str):
-        print(result)
-    elif result is not None:
-        sys.stdout.write(args.prompt)  # the pieces continue the prompt, as `dla generate` prints them
-        for piece in result:
-            sys.stdout.write(piece)
-            sys.stdout.flush()
-        sys.stdout.write("\n")
-    return 0
-
-
 def _offline_hint(cfg, exc: DlaError) -> DlaError:
     """Point users without the Hub at the offline experiment."""
     text = str(exc)
@@ -79,50 +50,41 @@ def _offline_hint(cfg, exc: DlaError) -> DlaError:
     return type(exc)(f"{text}; offline, run lab2-finetune-agnews instead")
 
 
+def _text_classifier_config(args: argparse.Namespace):
+    from dla.config import TEXT_CLASSIFIER, load_experiment, run_kind
+
+    cfg = load_experiment(args.experiment, args.overrides)
+    if run_kind(cfg) != TEXT_CLASSIFIER:
+        raise DlaError(f"{args.experiment} trains a {run_kind(cfg)}, not a text classifier; run it with dla train")
+    return cfg
+
+
 def cmd_finetune(args: argparse.Namespace) -> int:
-    from dla.hf.config import load_finetune
-    from dla.hf.finetune import finetune
+    """`dla hf finetune EXPERIMENT` is `dla train EXPERIMENT` for text-classification experiments."""
     from dla.hf.hub import quiet_transformers
 
-    cfg = load_finetune(args.experiment, args.overrides)
     quiet_transformers()
+    if args.resume:
+        return args.train(args)
+    if not args.experiment:
+        raise DlaError("give an experiment (e.g. dla hf finetune lab2-finetune-agnews) or --resume RUN_DIR")
+    cfg = _text_classifier_config(args)
     try:
-        finetune(cfg, _data_root(args))
+        return args.train(args, cfg)
     except DlaError as exc:
         raise _offline_hint(cfg, exc) from None
-    except KeyboardInterrupt:
-        print("\ninterrupted; the best epoch so far is in the run's model/ folder", file=sys.stderr)
-        return 130
-    return 0
 
 
 def cmd_features(args: argparse.Namespace) -> int:
-    from dla.hf.config import load_finetune
     from dla.hf.features import features_baseline
     from dla.hf.hub import quiet_transformers
 
-    cfg = load_finetune(args.experiment, args.overrides)
+    cfg = _text_classifier_config(args)
     quiet_transformers()
     try:
-        features_baseline(cfg, _data_root(args))
+        features_baseline(cfg, args.data_root_path(args))
     except DlaError as exc:
         raise _offline_hint(cfg, exc) from None
-    return 0
-
-
-def cmd_eval(args: argparse.Namespace) -> int:
-    from dla.hf.classify import evaluate_run
-    from dla.hf.hub import quiet_transformers
-
-    quiet_transformers()
-    result = evaluate_run(args.run, _data_root(args))
-    if args.json:
-        print(json.dumps({k: v for k, v in result.items() if k != "confusion_text"}))
-    else:
-        print(f"{args.run}: {result['data']} test split ({result['n']} texts): accuracy {result['test_acc']:.4f}  "
-              f"macro-F1 {result['test_f1']:.4f}  loss {result['test_loss']:.4f}")
-        print(result["confusion_text"])
-        print(f"wrote {result['confusion']} and {Path(args.run) / 'eval.json'}")
     return 0
 
 
@@ -130,9 +92,10 @@ def predict_command(args: argparse.Namespace) -> int:
     """`dla predict RUN TEXT...` for a fine-tuned text run: the top topics of each text."""
     from dla.hf.classify import predict_texts
     from dla.hf.hub import quiet_transformers
+    from dla.rundir import RunDir
 
     quiet_transformers()
-    for text, ranked in zip(args.images, predict_texts(args.run, list(args.images), args.top_k)):
+    for text, ranked in zip(args.images, predict_texts(RunDir.open(args.run), list(args.images), args.top_k)):
         if args.json:
             print(json.dumps({"text": text, "top": [{"class": k, "prob": p} for k, p in ranked]}))
         else:
@@ -141,8 +104,9 @@ def predict_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_hf_parser(sub: argparse._SubParsersAction) -> None:
-    """`dla hf tokenize|generate|finetune|features-baseline|eval`."""
+def add_hf_parser(sub: argparse._SubParsersAction, shared: dict[str, Callable]) -> None:
+    """`dla hf tokenize|generate|finetune|features-baseline|eval`; `shared` holds the main CLI's `train`,
+    `eval`, `write_stream` and `data_root`, which `finetune`, `eval`, `generate --run` and the baseline reuse."""
     p = sub.add_parser("hf", help="Hugging Face: GPT-2 tokenizer and generation, fine-tuning an encoder (Lab 2.2, 2.3)")
     hf = p.add_subparsers(dest="hf_command", metavar="ACTION")
     hf.required = True
@@ -164,19 +128,20 @@ def add_hf_parser(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--top-p", type=float, help="nucleus sampling, e.g. 0.95 (default off)")
     q.add_argument("--num-return-sequences", type=int, default=1)
     q.add_argument("--seed", type=int, default=42)
-    q.set_defaults(func=cmd_generate)
+    q.set_defaults(func=cmd_generate, write_stream=shared["write_stream"])
 
-    q = hf.add_parser("finetune", help="fine-tune a pretrained encoder for topic classification -> runs/<experiment>/<run>")
-    q.add_argument("experiment", help="lab2-finetune-agnews (offline, MiniLM), lab2-finetune-yahoo (online, DistilRoBERTa) or a YAML path")
-    q.add_argument("overrides", nargs="*", help="key=value, e.g. train.epochs=2 data.path=test.csv model.name=DIR")
-    q.set_defaults(func=cmd_finetune)
+    q = hf.add_parser("finetune", help="fine-tune a pretrained encoder for topic classification (= dla train EXPERIMENT)")
+    q.add_argument("experiment", nargs="?", help="lab2-finetune-agnews (offline, MiniLM), lab2-finetune-yahoo (online, DistilRoBERTa) or a YAML path")
+    q.add_argument("overrides", nargs="*", help="key=value, e.g. train.epochs=2 optim.lr=5e-5 data.path=test.csv model.pretrained=DIR")
+    q.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted fine-tune from its last checkpoint")
+    q.set_defaults(func=cmd_finetune, train=shared["train"])
 
     q = hf.add_parser("features-baseline", help="frozen encoder features + logistic regression on the same splits")
     q.add_argument("experiment", help="as for finetune")
     q.add_argument("overrides", nargs="*", help="key=value, e.g. baseline.c_grid=[1,10]")
-    q.set_defaults(func=cmd_features)
+    q.set_defaults(func=cmd_features, data_root_path=shared["data_root"])
 
-    q = hf.add_parser("eval", help="test accuracy, macro-F1 and confusion matrix of a fine-tuned run")
+    q = hf.add_parser("eval", help="test accuracy, macro-F1 and confusion matrix of a fine-tuned run (= dla eval RUN)")
     q.add_argument("run", help="run directory (runs/lab2-finetune-agnews/<run>)")
     q.add_argument("--json", action="store_true")
-    q.set_defaults(func=cmd_eval)
+    q.set_defaults(func=shared["eval"])

@@ -11,9 +11,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from dla.build import class_names, load_data
+from dla.config import TEXT_CLASSIFIER, ExperimentConfig, run_kind, to_dict
+from dla.device import make_accelerator
+from dla.errors import ConfigError
 from dla.hf.batching import Encoded, run_encoder
-from dla.hf.classify import device_for, metrics, plot_confusion, prepare
-from dla.hf.config import FinetuneConfig
+from dla.hf.classify import metrics, plot_confusion
 from dla.hf.hub import load_pretrained
 from dla.rundir import RunDir
 
@@ -57,27 +60,32 @@ def fit_logistic(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_
     return best[0], grid
 
 
-def features_baseline(cfg: FinetuneConfig, data_root: Path | None = None, quiet: bool = False) -> RunDir:
+def features_baseline(cfg: ExperimentConfig, data_root: Path | None = None, quiet: bool = False) -> RunDir:
     """Embed train/val/test with the frozen encoder, fit the classifier, score the test split.
 
     Writes `runs/<experiment>-features/<run>/` with config.yaml, summary.json and plots/confusion.png.
     """
-    from dla.hf.finetune import create_run, environment
+    import transformers
+    from sklearn.metrics import confusion_matrix
 
+    if run_kind(cfg) != TEXT_CLASSIFIER:
+        raise ConfigError(f"{cfg.name} is not a text-classification experiment (data.name=ag_news or "
+                          f"yahoo_answers_topics); the frozen-feature baseline needs one")
     say = (lambda *a: None) if quiet else print
-    device = device_for(cfg.train.device)
-    prep = prepare(cfg, data_root, quiet=quiet)
-    data = prep.data
-    encoder = load_encoder(cfg.model.name).to(device)
-    run = create_run(cfg, suffix="-features")
+    device = make_accelerator(cfg.train).device
+    inputs = load_data(cfg, data_root, quiet=quiet)
+    data = inputs.data
+    pretrained = cfg.model.pretrained
+    encoder = load_encoder(pretrained).to(device)
+    run = RunDir.create(RunDir.new_path(cfg.runs_dir, cfg.name + "-features", cfg.run_name), to_dict(cfg))
     start = time.perf_counter()
     feats, tokens = {}, 0
     for split in ("train", "val", "test"):
-        enc = prep.encode(split)
+        enc = inputs.encode(split)
         tokens += int(enc.lengths.sum())
         feats[split] = embed(encoder, enc, cfg.train.eval_batch_size, device, cfg.train.precision, f"embed {split}")
     embed_time = time.perf_counter() - start
-    say(f"embedded {sum(len(f) for f in feats.values())} texts with the frozen {cfg.model.name} in {embed_time:.0f}s "
+    say(f"embedded {sum(len(f) for f in feats.values())} texts with the frozen {pretrained} in {embed_time:.0f}s "
         f"({tokens / embed_time:.0f} tokens/s)")
     start = time.perf_counter()
     clf, grid = fit_logistic(feats["train"], data.train.labels, feats["val"], data.val.labels,
@@ -86,17 +94,21 @@ def features_baseline(cfg: FinetuneConfig, data_root: Path | None = None, quiet:
     test_logits = clf.decision_function(feats["test"])
     test_m = metrics(data.test.labels, test_logits)
     best_c = clf[-1].C
-    plot_confusion(data.test.labels, test_logits.argmax(1), data.classes, run.plots / "confusion.png",
-                   f"frozen {cfg.model.name} + logistic regression: test acc {100 * test_m['acc']:.2f}%")
+    classes = class_names(cfg)
+    confusion = confusion_matrix(data.test.labels, test_logits.argmax(1), labels=list(range(len(classes))))
+    plot_confusion(confusion, classes, run.plots / "confusion.png",
+                   f"frozen {pretrained} + logistic regression: test acc {100 * test_m['acc']:.2f}%")
     summary = {
-        "kind": "hf-features-baseline", "experiment": cfg.name, "model": cfg.model.name,
+        "experiment": cfg.name + "-features", "run": run.name, "kind": "features-baseline", "status": "completed",
+        "model": pretrained,
         "method": "frozen encoder, mean-pooled last hidden states, standardised, logistic regression (C on val)",
-        "data": data.source, "splits": data.describe(), "data_files": data.extra, "classes": list(data.classes),
-        "max_length": prep.max_length, "token_lengths": prep.lengths, "feature_dim": int(feats["train"].shape[1]),
+        "data": data.source, "splits": data.describe(), "data_files": data.extra, "classes": list(classes),
+        "max_length": inputs.max_length, "token_lengths": inputs.lengths, "feature_dim": int(feats["train"].shape[1]),
         "c_grid": grid, "best_C": best_c, "val_acc": max(g["val_acc"] for g in grid),
         "test_loss": test_m["loss"], "test_acc": test_m["acc"], "test_f1": test_m["f1"],
         "embed_time_s": embed_time, "embed_tokens_per_s": tokens / embed_time, "fit_time_s": fit_time,
-        "train_time_s": embed_time + fit_time, **environment(device),
+        "train_time_s": embed_time + fit_time, "device": str(device), "threads": torch.get_num_threads(),
+        "torch": torch.__version__, "transformers": transformers.__version__,
     }
     run.write_summary(summary)
     say("C grid (validation accuracy): " + ", ".join(f"C={g['C']:g} {g['val_acc']:.4f}" for g in grid))

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 from dla.errors import DlaError
-from dla.hf.hub import load_pretrained, load_tokenizer
+from dla.hf.hub import load_pretrained, pretrained_tokenizer
 
 
 @dataclass
@@ -42,7 +42,7 @@ def load_causal_lm(name: str) -> tuple[Any, Any]:
     """Model and tokenizer by Hub id or folder, in eval mode."""
     from transformers import AutoModelForCausalLM
 
-    tokenizer = load_tokenizer(name)
+    tokenizer = pretrained_tokenizer(name)
     model = load_pretrained(AutoModelForCausalLM.from_pretrained, name, "model")
     return model.eval(), tokenizer
 

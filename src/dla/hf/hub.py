@@ -108,7 +108,7 @@ def load_pretrained(loader: Callable[..., Any], name: str, what: str, **kwargs: 
         raise DlaError(f"{what} {name!r}: {_first_line(exc)}") from None
 
 
-def load_tokenizer(name: str):
+def pretrained_tokenizer(name: str):
     """An `AutoTokenizer` by Hub id or folder (`minilm` for the packaged encoder's)."""
     from transformers import AutoTokenizer
 

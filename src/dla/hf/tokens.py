@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from dla.hf.hub import load_tokenizer
+from dla.hf.hub import pretrained_tokenizer
 
 EXAMPLE = "This is an example sentence to encode into tokens."
 
@@ -45,4 +45,4 @@ def tokenize(text: str, tokenizer: Any) -> Tokenized:
 
 def tokenize_with(text: str, name: str = "gpt2") -> Tokenized:
     """`tokenize` with the tokenizer `name` (Hub id or folder)."""
-    return tokenize(text, load_tokenizer(name))
+    return tokenize(text, pretrained_tokenizer(name))

@@ -1,6 +1,13 @@
 """Models by name: `MODELS[name]` holds the config dataclass and the builder."""
 
-from dla.models import cnn, gpt, mlp  # noqa: F401  (register "cnn", "gpt" and "mlp")
-from dla.models.registry import MODELS, Classifier, Normalize, build_model, count_parameters, register_model
+from dla.models import cnn, encoder, gpt, mlp  # noqa: F401  (register "cnn", "hf-encoder", "gpt" and "mlp")
+from dla.models.registry import (
+    MODELS,
+    Classifier,
+    Normalize,
+    build_model,
+    count_parameters,
+    register_model,
+)
 
 __all__ = ["MODELS", "Classifier", "Normalize", "build_model", "count_parameters", "register_model"]

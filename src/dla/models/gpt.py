@@ -10,6 +10,7 @@ then a final RMSNorm and an LM head tied to the embedding. Attention runs throug
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -24,8 +25,8 @@ from dla.models.registry import register_model
 @dataclass
 class GPTConfig:
     name: str = "gpt"
-    vocab_size: int = 256  # set from the tokenizer when training
-    block_size: int = 256  # longest context
+    vocab_size: int | None = None  # None: the tokenizer's (a value that differs from it is an error)
+    block_size: int | None = None  # longest context; None: data.block_size (it may be larger, never smaller)
     n_layer: int = 4
     n_head: int = 4
     n_kv_heads: int | None = None  # grouped-query attention; None: one K/V head per query head
@@ -209,8 +210,10 @@ class GPT(nn.Module):
 
 @register_model("gpt", GPTConfig)
 def build_gpt(cfg: GPTConfig, input_shape: tuple[int, ...], vocab_size: int) -> GPT:
-    """The language model; `vocab_size` and `block_size` come from the tokenizer and data config."""
-    return GPT(cfg)
+    """The language model for a `vocab_size`-token vocabulary and (unless set larger) `input_shape[0]`-token windows."""
+    if cfg.vocab_size not in (None, vocab_size):
+        raise ConfigError(f"model.vocab_size={cfg.vocab_size} differs from the tokenizer's {vocab_size}; leave it unset")
+    return GPT(dataclasses.replace(cfg, vocab_size=vocab_size, block_size=cfg.block_size or input_shape[0]))
 
 
 def sample_next(logits: torch.Tensor, temperature: float, top_k: int | None, top_p: float | None, gen) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""`fit`: one plain training loop on `accelerate` for every lab, and `evaluate` for image classifiers.
+"""`fit`: one plain training loop on `accelerate` for every lab.
 
 `accelerate` supplies device placement, DDP under torchrun and cross-process reductions; what is
 trained on comes from a `Task` (`dla.train.tasks`): image epochs or language-model step rounds.
@@ -15,20 +15,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from accelerate import Accelerator
 from torch import nn
 from tqdm.auto import tqdm
 
 from dla.config import TrainConfig
-from dla.data.batches import eval_batches
-from dla.data.vision import ImageSet
 from dla.errors import TrainingDiverged
 from dla.rundir import RunDir
 from dla.track import Tracker
 from dla.train.callbacks import Callback, EarlyStopping
 from dla.train.checkpoint import load_weights, save_state, save_weights
-from dla.train.tasks import Task, autocast, prepare_input
+from dla.train.tasks import Task
 
 
 @dataclass
@@ -39,31 +36,6 @@ class FitState:
     step: int = 0  # optimiser steps taken
     elapsed_s: float = 0.0  # training wall time so far, across resumes
     history: list[dict[str, Any]] = field(default_factory=list)
-
-
-@torch.inference_mode()
-def evaluate(
-    model: nn.Module,
-    data: ImageSet,
-    accelerator: Accelerator,
-    batch_size: int = 1024,
-    channels_last: bool = False,
-    precision: str = "fp32",
-) -> dict[str, float]:
-    """Mean cross-entropy and accuracy of `model` on `data`, sharded across processes."""
-    model.eval()
-    sums = torch.zeros(3, device=accelerator.device, dtype=torch.float64)
-    x, y = data.x.to(accelerator.device), data.y.to(accelerator.device)
-    for xb, yb in eval_batches(x, y, batch_size, accelerator.process_index, accelerator.num_processes):
-        with autocast(accelerator.device, precision):
-            logits = model(prepare_input(xb, channels_last))
-        logits = logits.float()
-        sums[0] += F.cross_entropy(logits, yb, reduction="sum")
-        sums[1] += (logits.argmax(1) == yb).sum()
-        sums[2] += len(yb)
-    if accelerator.num_processes > 1:
-        sums = accelerator.reduce(sums, reduction="sum")
-    return {"loss": float(sums[0] / sums[2]), "acc": float(sums[1] / sums[2])}
 
 
 def rng_state(generator: torch.Generator) -> dict[str, Any]:
@@ -142,7 +114,7 @@ def fit(
             if main:
                 where = f"{unit} {epoch:3d}" if unit == "epoch" else f"step {state.step:6d}"
                 metrics = "  ".join(
-                    f"{split} " + " ".join(f"{k} {v:.4f}" for k, v in m.items()) for split, m in (("train", train), ("val", val))
+                    f"{split} " + " ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in m.items()) for split, m in (("train", train), ("val", val))
                 )
                 tqdm.write(f"{where}  {metrics}  lr {record['lr']:.2e}  {epoch_time:.1f}s{' *' if record['best'] else ''}")
             for cb in callbacks:
@@ -172,10 +144,9 @@ def train_round(
     run: RunDir | None,
 ) -> torch.Tensor:
     """One round of optimiser steps (an epoch, or `eval_every` LM steps); returns the summed step stats."""
-    device = accelerator.device
     steps = task.round_steps(cfg, state.step)
     model.train()
-    sums = torch.zeros(3, device=device, dtype=torch.float64)
+    sums: torch.Tensor | None = None  # the task's step stats, summed over the round
     pending: list[torch.Tensor] = []
     quiet = None if accelerator.is_main_process else True  # None: a bar only on a terminal
     desc = f"epoch {epoch}/{cfg.epochs}" if task.unit == "epoch" else f"steps to {state.step + steps}/{cfg.max_steps}"
@@ -190,7 +161,7 @@ def train_round(
         optimizer.step()
         scheduler.step()
         state.step += 1
-        sums += stats
+        sums = stats.double() if sums is None else sums + stats
         pending.append(loss.detach())
         on_step(state.step)
         if len(pending) == cfg.log_every or i == steps - 1:

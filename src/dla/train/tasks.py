@@ -1,9 +1,12 @@
 """What the training loop trains on: a `Task` supplies batches, the loss and the evaluation.
 
 The loop in `dla.train.loop` runs *rounds*: a round is a number of optimiser steps followed by a
-validation pass, a metrics record, early stopping and a checkpoint. For image classification a
-round is an epoch; for a language model it is `train.eval_every` steps of random windows. Everything
-else (optimiser, schedule, clipping, bf16 autocast, DDP, NaN checks, resume) is shared.
+validation pass, a metrics record, early stopping and a checkpoint. For image classification and
+for fine-tuning a text classifier a round is an epoch; for a language model it is
+`train.eval_every` steps of random windows. Everything else (optimiser, schedule, clipping, bf16
+autocast, DDP, NaN checks, resume, tracking) is shared. `finish` writes what a task leaves in the
+run besides weights and metrics (a language model's sample, a fine-tuned encoder's
+`save_pretrained` folder and confusion matrix).
 """
 
 from __future__ import annotations
@@ -17,22 +20,37 @@ import torch.nn.functional as F
 from accelerate import Accelerator
 from torch import nn
 
+from dla.attacks import fgsm_rs, pgd
 from dla.config import TrainConfig
-from dla.data.batches import batches_per_epoch, train_batches
+from dla.data.batches import batches_per_epoch, eval_batches, train_batches
 from dla.data.text import TextData, last_position_windows, random_windows, tiled_windows
+from dla.data.vision import ImageSet
+from dla.device import autocast, prepare_input
 
 
-def autocast(device: torch.device, precision: str) -> torch.autocast:
-    """bf16 autocast when asked for (CPUs with avx512_bf16, GPUs), else a no-op context.
-
-    Done here rather than through `Accelerator(mixed_precision=...)`, whose process-wide state
-    cannot change between runs in one process (a sweep, the tests).
-    """
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
-
-
-def prepare_input(x: torch.Tensor, channels_last: bool) -> torch.Tensor:
-    return x.contiguous(memory_format=torch.channels_last) if channels_last and x.dim() == 4 else x
+@torch.inference_mode()
+def evaluate(
+    model: nn.Module,
+    data: ImageSet,
+    accelerator: Accelerator,
+    batch_size: int = 1024,
+    channels_last: bool = False,
+    precision: str = "fp32",
+) -> dict[str, float]:
+    """Mean cross-entropy and accuracy of an image classifier on `data`, sharded across processes."""
+    model.eval()
+    sums = torch.zeros(3, device=accelerator.device, dtype=torch.float64)
+    x, y = data.x.to(accelerator.device), data.y.to(accelerator.device)
+    for xb, yb in eval_batches(x, y, batch_size, accelerator.process_index, accelerator.num_processes):
+        with autocast(accelerator.device, precision):
+            logits = model(prepare_input(xb, channels_last))
+        logits = logits.float()
+        sums[0] += F.cross_entropy(logits, yb, reduction="sum")
+        sums[1] += (logits.argmax(1) == yb).sum()
+        sums[2] += len(yb)
+    if accelerator.num_processes > 1:
+        sums = accelerator.reduce(sums, reduction="sum")
+    return {"loss": float(sums[0] / sums[2]), "acc": float(sums[1] / sums[2])}
 
 
 class Task:
@@ -63,6 +81,13 @@ class Task:
 
     def test(self, model: nn.Module, accelerator: Accelerator, cfg: TrainConfig) -> dict[str, float]:
         return self.evaluate(model, "test", accelerator, cfg)
+
+    def finish(self, model: nn.Module, run: Any, cfg: Any, tracker: Any, step: int) -> None:
+        """After the test (main process only): write the task's own outputs into the run."""
+
+    def summary(self, history: list[dict[str, Any]]) -> dict[str, Any]:
+        """What the task adds to summary.json."""
+        return {}
 
 
 class ImageTask(Task):
@@ -101,8 +126,6 @@ class ImageTask(Task):
         return loss, stats
 
     def evaluate(self, model, split, accelerator, cfg):
-        from dla.train.loop import evaluate
-
         data = {"val": self.data.val, "test": self.data.test, "train": self.data.train}[split]
         return evaluate(model, data, accelerator, cfg.eval_batch_size, cfg.channels_last, cfg.precision)
 
@@ -199,6 +222,15 @@ class LMTask(Task):
         result["last_pos_loss"] = float(last[0] / last[1])
         return result
 
+    def finish(self, model, run, cfg, tracker, step):
+        """A 500-character sample from the best weights, to sample.txt and the tracker."""
+        from dla.generate_run import default_prompt, sample_text
+
+        text = sample_text(model, self.data.tokenizer, default_prompt(cfg), chars=500, seed=cfg.seed)
+        run.sample.write_text(text)
+        tracker.text("sample", text, step)
+        print(f"\nsample ({run.sample}):\n{text}\n")
+
     def _loss_sum(self, model, x, y, precision) -> torch.Tensor:
         with autocast(x.device, precision):
             logits = model(x)
@@ -212,10 +244,116 @@ class LMTask(Task):
         return {"loss": loss, "bpc": loss / getattr(self.data, split).chars_per_token / math.log(2)}
 
 
+class TextClassifierTask(Task):
+    """Fine-tuning a pretrained encoder for topic classification (Lab 2.3).
+
+    Epochs of shuffled, length-grouped token batches padded per batch (dynamic padding); the last
+    partial batch is dropped, as for images, so that each process gets an equal slice under DDP.
+    Metrics: cross-entropy, accuracy and macro-F1, the last from a confusion matrix summed across
+    processes. `finish` saves the encoder with `save_pretrained` (RUN/model) and the test confusion matrix.
+    """
+
+    SPLITS = ("train", "val", "test")
+
+    def __init__(self, inputs, group_by_length: bool = True):
+        self.inputs, self.group = inputs, group_by_length
+        self.classes = inputs.data.classes
+        self.encoded = {s: inputs.encode(s) for s in self.SPLITS}
+        self.labels = {s: torch.from_numpy(getattr(inputs.data, s).labels) for s in self.SPLITS}
+        self.confusion: dict[str, torch.Tensor] = {}
+
+    def steps_per_epoch(self, cfg: TrainConfig) -> int:
+        return len(self.labels["train"]) // cfg.batch_size
+
+    def total_steps(self, cfg: TrainConfig) -> int:
+        total = self.steps_per_epoch(cfg) * cfg.epochs
+        return min(total, cfg.max_steps) if cfg.max_steps else total
+
+    def rounds(self, cfg: TrainConfig) -> int:
+        return math.ceil(self.total_steps(cfg) / self.steps_per_epoch(cfg))
+
+    def round_steps(self, cfg: TrainConfig, done_steps: int) -> int:
+        return min(self.steps_per_epoch(cfg), self.total_steps(cfg) - done_steps)
+
+    def batches(self, cfg, generator, accelerator, steps):
+        from dla.hf.batching import train_batches as token_batches
+
+        enc, labels = self.encoded["train"], self.labels["train"]
+        device, rank, world = accelerator.device, accelerator.process_index, accelerator.num_processes
+        full = [b for b in token_batches(enc.lengths, cfg.batch_size, generator, self.group) if len(b) == cfg.batch_size]
+        for rows in full[:steps]:
+            rows = rows[rank::world]
+            yield enc.batch(rows, device), labels[rows].to(device)
+
+    def step(self, model, batch, cfg, unwrapped, generator):
+        enc, y = batch
+        with autocast(y.device, cfg.precision):
+            logits = model(**enc).logits
+        loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
+        logits = logits.detach().float()
+        reported = F.cross_entropy(logits, y) if cfg.label_smoothing else loss.detach()
+        stats = torch.stack([reported * len(y), (logits.argmax(1) == y).sum().to(reported.dtype),
+                             torch.tensor(float(len(y)), device=y.device),
+                             enc["attention_mask"].sum().to(reported.dtype)])
+        return loss, stats
+
+    def train_metrics(self, sums, model, accelerator, cfg):
+        return {"loss": float(sums[0] / sums[2]), "acc": float(sums[1] / sums[2]), "tokens": int(sums[3])}
+
+    @torch.inference_mode()
+    def evaluate(self, model, split, accelerator, cfg):
+        from dla.hf.batching import length_sorted
+
+        model.eval()
+        enc, labels, k = self.encoded[split], self.labels[split], len(self.classes)
+        device, rank, world = accelerator.device, accelerator.process_index, accelerator.num_processes
+        sums = torch.zeros(1 + k * k, dtype=torch.float64, device=device)  # loss sum, then the confusion counts
+        for i, rows in enumerate(length_sorted(enc.lengths, cfg.eval_batch_size)):
+            if i % world != rank:
+                continue
+            y = labels[rows].to(device)
+            with autocast(device, cfg.precision):
+                logits = model(**enc.batch(rows, device)).logits.float()
+            sums[0] += F.cross_entropy(logits, y, reduction="sum")
+            sums[1:] += torch.bincount(y * k + logits.argmax(1), minlength=k * k)
+        if world > 1:
+            sums = accelerator.reduce(sums, reduction="sum")
+        confusion = sums[1:].view(k, k).cpu()  # rows: true class, columns: predicted
+        self.confusion[split] = confusion
+        return {"loss": float(sums[0] / confusion.sum()), "acc": float(confusion.trace() / confusion.sum()),
+                "f1": macro_f1(confusion)}
+
+    def finish(self, model, run, cfg, tracker, step):
+        """`save_pretrained` of the best weights and the tokenizer (RUN/model), and the test confusion matrix."""
+        from dla.hf.classify import plot_confusion, save_pretrained
+
+        model.config.id2label = dict(enumerate(self.classes))
+        model.config.label2id = {c: i for i, c in enumerate(self.classes)}
+        save_pretrained(model, self.inputs.tokenizer, run.path / "model")
+        confusion = self.confusion["test"]
+        acc = float(confusion.trace() / confusion.sum())
+        plot_confusion(confusion.long().numpy(), self.classes, run.plots / "confusion.png",
+                       f"{cfg.name}: test acc {100 * acc:.2f}%, macro-F1 {macro_f1(confusion):.4f}")
+
+    def summary(self, history):
+        seconds = sum(r["steps_time_s"] for r in history)
+        tokens = sum(r["train_tokens"] for r in history)
+        inputs = self.inputs
+        return {"classes": list(self.classes), "splits": inputs.data.describe(), "data_files": inputs.data.extra,
+                "max_length": inputs.max_length, "token_lengths": inputs.lengths,
+                "train_tokens": tokens, "train_tokens_per_s": tokens / seconds if seconds else None}
+
+
+def macro_f1(confusion: torch.Tensor) -> float:
+    """Macro-averaged F1 of a confusion matrix (rows true, columns predicted); a class never true nor predicted scores 0."""
+    tp = confusion.diag()
+    denominator = confusion.sum(0) + confusion.sum(1)  # 2 tp + fp + fn
+    f1 = torch.where(denominator > 0, 2 * tp / denominator.clamp(min=1), torch.zeros_like(tp))
+    return float(f1.mean())
+
+
 def adversarial_batch(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig, generator) -> torch.Tensor:
     """Replace a batch by attacks on the current model (fast FGSM with random start, or PGD)."""
-    from dla.analysis.adversarial import fgsm_rs, pgd
-
     with autocast(x.device, cfg.precision):
         if cfg.adversarial == "fgsm_rs":
             return fgsm_rs(model, x, y, cfg.adv_eps, cfg.adv_alpha, generator=generator)

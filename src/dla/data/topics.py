@@ -1,5 +1,6 @@
 """Topic-classification data for Lab 2.3: AG News from its CSV (offline) and Yahoo! Answers Topics
-from the Hugging Face Hub (online), each as stratified train/val/test splits of texts and labels.
+from the Hugging Face Hub (online), each as stratified train/val/test splits of texts and labels,
+and `prepare_topics`, which tokenises them for a pretrained encoder with a chosen `max_length`.
 """
 
 from __future__ import annotations
@@ -15,8 +16,9 @@ from typing import Any
 
 import numpy as np
 
+from dla.config import TopicDataConfig
 from dla.errors import DataError
-from dla.hf.config import TopicDataConfig
+from dla.hf.batching import Encoded, encode, token_lengths
 
 AG_NEWS_CLASSES = ("World", "Sports", "Business", "Sci/Tech")
 AG_NEWS_TEST_MD5 = "d52ea96a97a2d943681189a97654912d"
@@ -28,6 +30,7 @@ YAHOO_CLASSES = (
     "Society & Culture", "Science & Mathematics", "Health", "Education & Reference", "Computers & Internet",
     "Sports", "Business & Finance", "Entertainment & Music", "Family & Relationships", "Politics & Government",
 )
+TOPIC_CLASSES = {"ag_news": AG_NEWS_CLASSES, "yahoo_answers_topics": YAHOO_CLASSES}
 
 
 @dataclass
@@ -184,3 +187,48 @@ def pick_max_length(lengths: list[int] | np.ndarray, percentile: float, model_ma
     value = int(math.ceil(float(np.percentile(np.asarray(lengths), percentile)) / 8) * 8)
     cap = model_max if model_max and model_max < 100_000 else 512  # tokenizers without a limit report ~1e30
     return max(8, min(value, cap))
+
+
+@dataclass
+class TopicInputs:
+    """Split texts, the encoder's tokenizer and the `max_length` they are truncated to."""
+
+    tokenizer: Any
+    data: TopicData
+    max_length: int
+    lengths: dict[str, float]  # the training texts' token-length distribution
+
+    @property
+    def source(self) -> str:
+        return self.data.source
+
+    def encode(self, split: str) -> Encoded:
+        return encode(self.tokenizer, getattr(self.data, split).texts, self.max_length)
+
+
+def length_stats(lengths: np.ndarray, max_length: int) -> dict[str, float]:
+    p50, p95, p99 = np.percentile(lengths, [50, 95, 99])
+    return {"mean": float(lengths.mean()), "p50": float(p50), "p95": float(p95), "p99": float(p99),
+            "max": int(lengths.max()), "truncated_frac": float((lengths > max_length).mean())}
+
+
+def prepare_topics(cfg: TopicDataConfig, pretrained: str, data_root: Path | None, tokenizer: Any = None,
+                   quiet: bool = False) -> TopicInputs:
+    """The split data, the tokenizer of `pretrained` and `max_length`: `data.max_length`, else the
+    `data.length_percentile` of the training texts' token lengths (capped at the model's limit).
+    Fills `cfg.max_length` when it was unset, so that the run's config.yaml records the value used."""
+    from dla.hf.hub import pretrained_tokenizer
+
+    tokenizer = tokenizer if tokenizer is not None else pretrained_tokenizer(pretrained)
+    data = load_topic_data(cfg, data_root)
+    lengths = token_lengths(tokenizer, data.train.texts)
+    chosen = cfg.max_length or pick_max_length(lengths, cfg.length_percentile, tokenizer.model_max_length)
+    stats = length_stats(lengths, chosen)
+    if not quiet:
+        print(f"data: {data.source}; " + ", ".join(f"{k} {v['size']} {v['per_class']}" for k, v in data.describe().items()))
+        how = "set by data.max_length" if cfg.max_length else f"the {cfg.length_percentile:g}th percentile"
+        print(f"max_length {chosen} tokens ({how}); training texts: mean {stats['mean']:.1f}, p50 {stats['p50']:.0f}, "
+              f"p95 {stats['p95']:.0f}, p99 {stats['p99']:.0f}, max {stats['max']}; "
+              f"{100 * stats['truncated_frac']:.1f}% truncated")
+    cfg.max_length = chosen
+    return TopicInputs(tokenizer, data, chosen, stats)
