@@ -23,3 +23,7 @@ class CheckpointError(DlaError):
 
 class TrainingDiverged(DlaError):
     """The loss became NaN or infinite."""
+
+
+class WrongRunKind(DlaError):
+    """A run directory of another kind than the command needs (e.g. a language model for `dla ood`)."""
