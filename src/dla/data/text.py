@@ -83,7 +83,10 @@ def import_inferno(source: Path, root: Path) -> Path:
         raise DataError(f"{source}: no such file or folder")
     data = source.read_bytes()
     if md5(data) != INFERNO_MD5:
-        text = strip_gutenberg(data.decode("utf-8", errors="replace"))
+        try:
+            text = strip_gutenberg(data.decode("utf-8", errors="replace"))
+        except DataError as exc:
+            raise DataError(f"{source}: {exc} (reference md5 {INFERNO_MD5}, this file's {md5(data)})") from None
         data = text.encode()
         if md5(data) != INFERNO_MD5:
             raise DataError(

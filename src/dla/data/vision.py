@@ -252,12 +252,13 @@ def import_dataset(name: str, source: Path, root: Path) -> Location:
             matches[base] = path
     if not matches:
         raise DataError(f"{source}: none of {', '.join(spec.files)} (or .gz) found for {name}")
-    target = root / spec.folder
-    target.mkdir(parents=True, exist_ok=True)
-    for base, path in matches.items():
+    for base, path in matches.items():  # every file is verified before anything is written
         digest = file_md5(path)
         if digest != spec.files[base]:
             raise DataError(f"{path}: checksum mismatch for {name} {base} (md5 {digest}, expected {spec.files[base]})")
+    target = root / spec.folder
+    target.mkdir(parents=True, exist_ok=True)
+    for base, path in matches.items():
         dest = target / base
         tmp = dest.with_name(dest.name + ".tmp")
         if path.suffix == ".gz":

@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 import yaml
 
-from dla.config import TrackConfig, _build, _set_dotted, _split_override, check_positive
+from dla.config import TrackConfig, _build, _set_dotted, _split_override, check_positive, read_yaml
 from dla.errors import ConfigError
 
 KIND = "hf-text-classifier"  # the `kind` a fine-tuned run's config.yaml carries (see `is_text_run`)
@@ -110,7 +110,7 @@ def load_finetune(name: str, overrides: list[str] | tuple[str, ...] = ()) -> Fin
             f"unknown fine-tuning experiment {name!r}; available: {', '.join(list_finetune_experiments())} "
             f"(or a path to a YAML file)"
         )
-    raw = yaml.safe_load(path.read_text()) or {}
+    raw = read_yaml(path) or {}
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: an experiment file must be a mapping of sections")
     raw.setdefault("name", path.stem)
@@ -133,7 +133,10 @@ def load_run_config(run_path: str | Path) -> FinetuneConfig:
     path = Path(run_path) / "config.yaml"
     if not path.is_file():
         raise ConfigError(f"{run_path} is not a run directory (no config.yaml)")
-    return from_dict(yaml.safe_load(path.read_text()))
+    raw = read_yaml(path)
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: damaged run config (expected a mapping of sections)")
+    return from_dict(raw)
 
 
 def is_text_run(run_path: str | Path) -> bool:
