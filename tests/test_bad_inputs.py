@@ -117,10 +117,12 @@ def damage_first_line(name: str) -> Callable[[Path], None]:
 
 
 def png_header(width: int, height: int) -> bytes:
-    """A PNG whose header claims width x height (no pixel data): enough for PIL to refuse it."""
+    """A small PNG whose header claims width x height (its pixel data is a stub): what PIL's bomb guard checks."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    chunk = b"IHDR" + ihdr
-    return b"\x89PNG\r\n\x1a\n" + struct.pack(">I", len(ihdr)) + chunk + struct.pack(">I", zlib.crc32(chunk))
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
 
 
 def good_png() -> bytes:
@@ -327,9 +329,9 @@ CASES = [
     Case("eval-lm-inferno-binary", ["--data-root", "{tmp}/root", "eval", LM], "inferno.txt",
          damage=damaged_root("inferno-binary")),
     # --- images
-    Case("predict-decompression-bomb", ["predict", IMG, "{tmp}/huge.png"], "huge.png",
+    Case("predict-decompression-bomb", ["predict", IMG, "{tmp}/huge.png"], "huge.png: image too large",
          damage=write("huge.png", png_header(30000, 30000))),
-    Case("predict-bomb-warning-size", ["predict", IMG, "{tmp}/big.png"], "big.png",
+    Case("predict-bomb-warning-size", ["predict", IMG, "{tmp}/big.png"], "big.png: image too large",
          damage=write("big.png", png_header(12000, 12000))),
     Case("predict-not-an-image", ["predict", IMG, "{tmp}/notes.png"], "notes.png",
          damage=write("notes.png", "these are notes, not pixels\n")),

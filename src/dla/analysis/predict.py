@@ -6,6 +6,7 @@ exhaust memory (PIL's decompression-bomb guard), fails the command with one line
 
 from __future__ import annotations
 
+import re
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -27,9 +28,10 @@ def read_image(path: str | Path, mode: str, size: tuple[int, int]) -> torch.Tens
             with Image.open(path) as opened:
                 image = opened.convert(mode).resize(size, Image.BILINEAR)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        limit = Image.MAX_IMAGE_PIXELS
-        raise DlaError(f"{path}: image too large to read safely ({str(exc).split('pixels')[0].strip()} pixels; "
-                       f"the limit is {limit} pixels)") from None
+        found = re.search(r"\((\d+) pixels\)", str(exc))
+        size = f"{int(found.group(1)):,} pixels" if found else "too many pixels"
+        raise DlaError(f"{path}: image too large to read safely ({size}, over the limit of "
+                       f"{Image.MAX_IMAGE_PIXELS:,}: a decompression bomb?)") from None
     except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as exc:
         raise DlaError(f"{path}: cannot read as an image ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
     w, h = size
