@@ -11,7 +11,6 @@ from pathlib import Path
 from dla import __version__
 from dla.cli_types import (
     eps_list,
-    finite_float,
     nonneg_float,
     nonneg_int,
     positive_float,
@@ -36,6 +35,8 @@ def open_run_of_kind(path: str, kind: str, command: str):
     from dla.rundir import RunDir
 
     if is_text_run(path):
+        if kind == "text-classifier":
+            return RunDir(Path(path)), None
         raise WrongRunKind(f"{command} needs {'an' if kind[0] in 'aeiou' else 'a'} {kind} run; "
                            f"{path} is a text-classifier run")
     run = RunDir.open(path)
@@ -387,7 +388,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except Exception as exc:  # noqa: BLE001  (known failures become one line; the rest re-raise)
+    except Exception as exc:  # known failures become one line; the rest re-raise
         message = known_error(exc)
         if message is None or os.environ.get("DLA_DEBUG", "") not in ("", "0"):
             raise

@@ -16,8 +16,8 @@ import numpy as np
 import torch
 
 from dla.analysis import ood
-from dla.data.batches import to_unit_float
 from dla.config import require_run_kind
+from dla.data.batches import to_unit_float
 from dla.data.ood import OOD_SETS, ood_images, sample
 from dla.data.vision import drop_classes, get_spec, load_arrays
 from dla.errors import DlaError

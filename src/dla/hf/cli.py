@@ -116,7 +116,13 @@ def cmd_features(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from dla.hf.classify import evaluate_run
+    from dla.hf.config import is_text_run
     from dla.hf.hub import quiet_transformers
+
+    if not is_text_run(args.run) and (Path(args.run) / "config.yaml").is_file():
+        from dla.cli import open_run_of_kind
+
+        open_run_of_kind(args.run, "text-classifier", "dla hf eval")  # names the run's kind (or its damage)
 
     quiet_transformers()
     result = evaluate_run(args.run, _data_root(args))
