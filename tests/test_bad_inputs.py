@@ -454,3 +454,44 @@ def test_an_unexpected_error_still_shows_its_traceback(runs, monkeypatch):
     monkeypatch.setattr(dla.cli, "cmd_data_list", broken)
     with pytest.raises(ZeroDivisionError):
         main(["data", "list"])
+
+
+# ------------------------------------------------- a failure half-way leaves RUN/attack and RUN/ood as they were
+
+
+def test_attack_failing_half_way_leaves_the_run_as_it_was(runs, tmp_path, monkeypatch):
+    import dla.analysis.adversarial as adversarial
+    from dla.analysis.attack_study import run_attack
+    from dla.rundir import RunDir
+
+    run = RunDir(shutil.copytree(runs.image, tmp_path / "run"))
+    run_attack(run, "fgsm", [0.0, 0.1], 1, 16, runs.root)  # a first, complete result
+    before = tree_hash(run.path)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("out of memory while plotting")
+
+    monkeypatch.setattr(adversarial, "plot_gallery", broken)  # after the table and the plot are written
+    with pytest.raises(RuntimeError):
+        run_attack(run, "fgsm", [0.0, 0.2], 1, 16, runs.root)
+    assert tree_hash(run.path) == before
+    assert [p.name for p in run.path.iterdir() if p.name.startswith(".")] == []  # no temporary folder left
+
+
+def test_ood_failing_on_the_second_set_leaves_the_run_as_it_was(runs, tmp_path, monkeypatch):
+    from dla.analysis import ood_study
+    from dla.rundir import RunDir
+
+    run = RunDir(shutil.copytree(runs.image, tmp_path / "run"))
+    before = tree_hash(run.path)
+    real = ood_study.ood_set_images
+
+    def second_fails(name, *args, **kwargs):
+        if name == "noise-gaussian":
+            raise RuntimeError("disk full")
+        return real(name, *args, **kwargs)
+
+    monkeypatch.setattr(ood_study, "ood_set_images", second_fails)
+    with pytest.raises(RuntimeError):
+        ood_study.run_ood(run, ["noise-uniform", "noise-gaussian"], ["msp"], runs.root, n=16)
+    assert tree_hash(run.path) == before and not (run.path / "ood").exists()

@@ -49,13 +49,13 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 def _generate_from_run(args: argparse.Namespace) -> int:
     """The hook for Lab 2.1 runs: `dla.generate_run.generate_from_run` streams or returns the text."""
-    from dla.cli import open_run_of_kind
-
-    open_run_of_kind(args.run, "language-model", "dla hf generate --run")
     try:
         from dla.generate_run import generate_from_run
     except ImportError:
         raise DlaError("Lab 2.1 generation not available") from None
+    from dla.cli import open_run_of_kind
+
+    open_run_of_kind(args.run, "language-model", "dla hf generate --run")
     if args.prompt is None:  # the run's own default ("Nel mezzo del cammin" for the Inferno)
         from dla.generate_run import default_prompt
         from dla.rundir import RunDir
