@@ -17,20 +17,17 @@ from dla.config import (
     TEXT_CLASSIFIER,
     ExperimentConfig,
     load_run_config,
+    require_run_kind,
     run_kind,
 )
 from dla.data.text import TextData, build_text_data, load_corpus
 from dla.data.vision import ImageData, get_spec, load_image_data
-from dla.errors import CheckpointError, ConfigError, WrongRunKind
+from dla.errors import CheckpointError, ConfigError
 from dla.models import MODELS, build_model
 from dla.rundir import RunDir
 from dla.train.checkpoint import load_weights
 
-COMMAND_KINDS = {  # which kinds of run a command works on
-    "dla ood": (IMAGE_CLASSIFIER,),
-    "dla attack": (IMAGE_CLASSIFIER,),
-    "dla generate": (LANGUAGE_MODEL,),
-}
+COMMAND_KIND = {"dla ood": IMAGE_CLASSIFIER, "dla attack": IMAGE_CLASSIFIER, "dla generate": LANGUAGE_MODEL}
 
 
 def class_names(cfg: ExperimentConfig) -> tuple[str, ...]:
@@ -90,13 +87,11 @@ def describe_data(data: Any) -> str:
 
 
 def open_run(path: str | Path, command: str | None = None) -> tuple[RunDir, ExperimentConfig]:
-    """A run directory and its config; with `command`, one of the kinds of run that command works on."""
+    """A run directory and its config; with `command`, a run of the kind that command works on."""
     run = RunDir.open(path)
     cfg = load_run_config(run)
-    allowed = COMMAND_KINDS.get(command or "", ())
-    if allowed and run_kind(cfg) not in allowed:
-        raise WrongRunKind(f"{command} needs {' or '.join(f'an {k}' if k[0] in 'aeiou' else f'a {k}' for k in allowed)} "
-                           f"run; {run.path} is a {run_kind(cfg)} run")
+    if command in COMMAND_KIND:
+        require_run_kind(cfg, COMMAND_KIND[command], command, run.path)
     return run, cfg
 
 

@@ -4,9 +4,20 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
+from dla import __version__
+from dla.cli_types import (
+    eps_list,
+    nonneg_float,
+    nonneg_int,
+    positive_float,
+    positive_int,
+    seed_int,
+    top_p_float,
+)
 from dla.errors import DlaError
 
 
@@ -58,30 +69,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
         from dla.hf.cli import predict_command
 
         return predict_command(args)
-    import torch
-    from PIL import Image, UnidentifiedImageError
+    from dla.analysis.predict import predict_images
 
-    from dla.build import class_names, load_run_model
-    from dla.data.vision import get_spec
-
-    model, cfg = load_run_model(run)
-    c, h, w = get_spec(cfg.data.name).shape
-    classes = class_names(cfg)
-    for path in args.images:
-        try:
-            image = Image.open(path).convert("L" if c == 1 else "RGB").resize((w, h), Image.BILINEAR)
-        except (OSError, UnidentifiedImageError) as exc:
-            raise DlaError(f"{path}: cannot read as an image ({exc})") from None
-        x = torch.frombuffer(bytearray(image.tobytes()), dtype=torch.uint8).view(h, w, c).permute(2, 0, 1)
-        x = x.float().div(255).unsqueeze(0)
-        if args.invert:
-            x = 1.0 - x
-        with torch.inference_mode():
-            probs = model(x).softmax(1)[0]
-        top = probs.topk(min(args.top_k, len(classes)))
-        ranked = [(classes[i], float(p)) for p, i in zip(top.values, top.indices)]
+    for path, ranked in predict_images(run, args.images, args.top_k, args.invert):
         if args.json:
-            print(json.dumps({"image": str(path), "top": [{"class": k, "prob": p} for k, p in ranked]}))
+            print(json.dumps({"image": path, "top": [{"class": k, "prob": p} for k, p in ranked]}))
         else:
             print(f"{path}: " + "  ".join(f"{k} {p:.3f}" for k, p in ranked))
     return 0
@@ -151,11 +143,12 @@ def cmd_gradients(args: argparse.Namespace) -> int:
 
 
 def cmd_ood(args: argparse.Namespace) -> int:
-    from dla.analysis.ood_study import run_odin_grid, run_ood
-    from dla.rundir import RunDir
+    from dla.analysis.ood_study import check_ood_args, run_odin_grid, run_ood
+    from dla.build import open_run
 
-    run = RunDir.open(args.run)
+    run, _ = open_run(args.run, "dla ood")
     sets = [s.strip() for s in args.ood.split(",") if s.strip()]
+    check_ood_args(run, sets, args.n, args.odin_t, args.odin_eps)  # every set, before the first one runs
     if args.odin_grid:
         for name in sets:
             run_odin_grid(run, name, _data_root(args), n=args.n)
@@ -167,37 +160,13 @@ def cmd_ood(args: argparse.Namespace) -> int:
 
 
 def cmd_attack(args: argparse.Namespace) -> int:
-    from dla.analysis.adversarial import accuracy_under_attack, parse_eps, plot_gallery
-    from dla.build import class_names, load_data, load_run_model
-    from dla.data.batches import to_unit_float
-    from dla.data.ood import sample
-    from dla.report.plots import plot_xy
-    from dla.report.tables import markdown_table
-    from dla.rundir import RunDir
+    from dla.analysis.attack_study import run_attack
+    from dla.build import open_run
 
-    try:
-        epsilons = parse_eps(args.eps)
-    except ValueError as exc:
-        raise DlaError(str(exc)) from None
-    run = RunDir.open(args.run)
-    model, cfg = load_run_model(run)
-    data = load_data(cfg, _data_root(args))
-    test = sample(data.test, args.n, 0)
-    x, y = to_unit_float(test.x), test.y
-    rows = accuracy_under_attack(model, x, y, args.method, epsilons, args.steps)
-    out = run.path / "attack"
-    table = markdown_table(
-        rows, (("eps", "eps", "sci"), ("eps x 255", "eps_255", "time"), ("accuracy (%)", "acc", "pct"))
-    )
-    header = f"{args.method} on {len(y)} {data.source} test images; run {run.path}\n\n"
-    out.mkdir(exist_ok=True)
-    (out / f"{args.method}.md").write_text(header + table)
-    plot_xy({args.method: [(r["eps_255"], 100 * r["acc"]) for r in rows]}, out / f"{args.method}_accuracy.png",
-            xlabel="eps (x 1/255)", ylabel="test accuracy (%)")
-    plot_gallery(model, x[:6], y[:6], class_names(cfg), args.method, epsilons,
-                 out / f"{args.method}_gallery.png", args.steps)
-    print(header + table, end="")
-    print(f"wrote {out}")
+    run, _ = open_run(args.run, "dla attack")
+    result = run_attack(run, args.method, args.eps, args.steps, args.n, _data_root(args))
+    print(result["header"] + result["table"], end="")
+    print(f"wrote {result['out']}")
     return 0
 
 
@@ -238,13 +207,21 @@ def cmd_data_import(args: argparse.Namespace) -> int:
     return 0
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with short errors: the problem and where to find the usage, not the whole usage block."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message}\n(see: {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="dla",
         description="Deep Learning Applications labs as reproducible experiments.",
         epilog="Example: dla data import mnist ../shared/data/mnist && dla train lab1-mlp optim.lr=3e-3 train.epochs=5",
     )
     parser.add_argument("--data-root", help="where data sets live (default: $DLA_DATA_ROOT or ~/.cache/dla/data)")
+    parser.add_argument("--version", action="version", version=f"dla {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
@@ -262,7 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("predict", help="top-k classes for image files, with a run's best weights")
     p.add_argument("run", help="run directory")
     p.add_argument("images", nargs="+", help="PNG or JPEG files")
-    p.add_argument("--top-k", type=int, default=3)
+    p.add_argument("--top-k", type=positive_int, default=3, help="classes to show (>= 1, default 3)")
     p.add_argument("--invert", action="store_true", help="invert grey levels (dark digit on light paper)")
     p.add_argument("--json", action="store_true", help="one JSON object per image")
     p.set_defaults(func=cmd_predict)
@@ -270,11 +247,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("generate", help="stream text from a Lab 2.1 language-model run")
     p.add_argument("run", help="run directory of a language model (e.g. runs/lab2-gpt-char/<run>)")
     p.add_argument("--prompt", help='text to continue (default: "Nel mezzo del cammin"); \\n for a line break')
-    p.add_argument("--max-new-tokens", type=int, default=500)
-    p.add_argument("--temperature", type=float, default=0.8, help="0 for greedy decoding")
-    p.add_argument("--top-k", type=int, default=50, help="0 to disable")
-    p.add_argument("--top-p", type=float, default=0.95, help="nucleus sampling; 1 to disable")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-new-tokens", type=positive_int, default=500)
+    p.add_argument("--temperature", type=nonneg_float, default=0.8, help="0 for greedy decoding")
+    p.add_argument("--top-k", type=nonneg_int, default=50, help="0 to disable")
+    p.add_argument("--top-p", type=top_p_float, default=0.95, help="nucleus sampling, in (0, 1]; 1 to disable")
+    p.add_argument("--seed", type=seed_int, default=0)
     p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser("report", help="a Markdown table and overlaid validation curves of runs")
@@ -298,18 +275,19 @@ def build_parser() -> argparse.ArgumentParser:
                    "noise-uniform, noise-gaussian, heldout (classes a data.classes run never saw); "
                    "online also svhn, cifar100; default mnist")
     p.add_argument("--detectors", default="msp,maxlogit,energy,odin,mahalanobis")
-    p.add_argument("--n", type=int, default=2000, help="images per set (default 2000)")
-    p.add_argument("--odin-t", type=float, default=1000.0)
-    p.add_argument("--odin-eps", type=float, default=0.0014)
+    p.add_argument("--n", type=positive_int, default=2000, help="images per set (default 2000)")
+    p.add_argument("--odin-t", type=positive_float, default=1000.0, help="ODIN temperature (> 0)")
+    p.add_argument("--odin-eps", type=nonneg_float, default=0.0014, help="ODIN input perturbation (>= 0)")
     p.add_argument("--odin-grid", action="store_true", help="the T x eps grid, best chosen on a validation half")
     p.set_defaults(func=cmd_ood)
 
     p = sub.add_parser("attack", help="accuracy under FGSM or PGD attack, table, plot and gallery (Lab 3.2)")
     p.add_argument("run", help="run directory")
     p.add_argument("--method", choices=["fgsm", "pgd"], default="fgsm")
-    p.add_argument("--eps", default="0,1/255,2/255,4/255,8/255,16/255,32/255", help="comma-separated, e.g. 0,8/255")
-    p.add_argument("--steps", type=int, default=10, help="PGD steps (step size 2.5 eps / steps)")
-    p.add_argument("--n", type=int, default=1000, help="test images to attack (default 1000)")
+    p.add_argument("--eps", type=eps_list, default="0,1/255,2/255,4/255,8/255,16/255,32/255",
+                   help="comma-separated, each in [0, 1], e.g. 0,8/255")
+    p.add_argument("--steps", type=positive_int, default=10, help="PGD steps (step size 2.5 eps / steps)")
+    p.add_argument("--n", type=positive_int, default=1000, help="test images to attack (default 1000)")
     p.set_defaults(func=cmd_attack)
 
     from dla.hf.cli import add_hf_parser
@@ -328,10 +306,33 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def known_error(exc: BaseException) -> str | None:
+    """The one-line message for a failure the user can fix, or None for anything unexpected (a bug)."""
+    if isinstance(exc, DlaError):
+        return str(exc)
+    try:
+        from PIL import Image
+    except ImportError:  # pragma: no cover
+        Image = None
+    if Image is not None and isinstance(exc, (Image.DecompressionBombError, Image.DecompressionBombWarning)):
+        return f"image too large to read safely ({exc})"
+    import yaml
+
+    if isinstance(exc, yaml.YAMLError):
+        from dla.config import yaml_error_line
+
+        mark = getattr(exc, "problem_mark", None)
+        return yaml_error_line(exc, getattr(mark, "name", None))
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except DlaError as exc:
-        print(f"dla: error: {exc}", file=sys.stderr)
-        return exc.exit_code
+    except Exception as exc:  # known failures become one line; the rest re-raise
+        message = known_error(exc)
+        if message is None or os.environ.get("DLA_DEBUG", "") not in ("", "0"):
+            raise
+        print(f"dla: error: {'; '.join(line for line in message.splitlines() if line.strip())}", file=sys.stderr)
+        return getattr(exc, "exit_code", 1)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 from dataclasses import dataclass, field
 from importlib import resources
@@ -18,7 +19,7 @@ from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
-from dla.errors import ConfigError
+from dla.errors import ConfigError, WrongRunKind
 
 
 @dataclass
@@ -36,6 +37,7 @@ class DataConfig:
 
     def validate(self) -> None:
         check_positive(self, "val_size", "train_subset", "test_subset", prefix="data.")
+        check_seed(self.split_seed, "data.split_seed")
         if self.classes is not None and (len(set(self.classes)) < 2 or min(self.classes) < 0):
             raise ConfigError(f"data.classes: needs at least two distinct class indices >= 0, got {self.classes}")
 
@@ -161,6 +163,8 @@ class TrainConfig:
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ConfigError(f"train.label_smoothing: must be in [0, 1), got {self.label_smoothing}")
         check_positive(self, "adv_eps", "adv_alpha", "adv_steps", prefix="train.")
+        if self.adv_eps > 1:
+            raise ConfigError(f"train.adv_eps: must be in (0, 1] (pixel units; 8/255 ~ 0.031), got {self.adv_eps}")
         if self.min_delta < 0:
             raise ConfigError(f"train.min_delta: must be >= 0, got {self.min_delta}")
 
@@ -193,6 +197,9 @@ class ExperimentConfig:
     track: TrackConfig = field(default_factory=TrackConfig)
     baseline: BaselineConfig = field(default_factory=BaselineConfig)  # text classifiers' frozen-feature baseline
     presets: dict[str, str] = field(default_factory=dict)  # which presets were applied (record only)
+
+    def validate(self) -> None:
+        check_seed(self.seed, "seed")
 
 
 # `GROUP=VALUE` shorthands for the most used keys.
@@ -231,7 +238,7 @@ def find_experiment(name: str) -> Path:
 def load_experiment(name: str, overrides: list[str] | tuple[str, ...] = ()) -> ExperimentConfig:
     """Load an experiment by name or path, apply presets and `key=value` overrides, validate."""
     path = find_experiment(name)
-    raw = yaml.safe_load(path.read_text()) or {}
+    raw = read_yaml(path) or {}
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: an experiment file must be a mapping of sections")
     if "sweep" in raw:
@@ -266,13 +273,59 @@ def to_dict(cfg: Any) -> dict[str, Any]:
 
 
 def load_config_file(path: Path) -> ExperimentConfig:
-    """Reload a resolved `config.yaml` written by a run."""
-    return from_dict(yaml.safe_load(Path(path).read_text()))
+    """Reload a resolved `config.yaml` written by a run; a damaged one raises a `ConfigError` naming it."""
+    raw = read_yaml(path)
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: damaged run config (expected a mapping of sections, got {_short(raw)})")
+    try:
+        return from_dict(raw)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
 
 
 def load_run_config(run: Any) -> ExperimentConfig:
     """The resolved config of a run directory (a `RunDir` or a path to one)."""
     return load_config_file(getattr(run, "config", None) or Path(run) / "config.yaml")
+
+
+def read_yaml(path: Path) -> Any:
+    """Parse a YAML file; a syntax error raises a one-line `ConfigError` as "FILE, line N: problem"."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not a UTF-8 text file ({exc.reason} at byte {exc.start})") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(yaml_error_line(exc, path)) from None
+
+
+def yaml_error_line(exc: Exception, path: Path | str | None = None) -> str:
+    """One line for a YAML parse error: "FILE, line N, column M: problem"."""
+    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+    where = f"{path or 'YAML'}"
+    if mark is not None:
+        where += f", line {mark.line + 1}, column {mark.column + 1}"
+    problem = getattr(exc, "problem", None) or getattr(exc, "context", None) or str(exc).splitlines()[0]
+    return f"{where}: YAML syntax error: {problem}"
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def require_run_kind(cfg: Any, wanted: str, command: str, path: Path | str) -> None:
+    """Raise `WrongRunKind` naming both kinds when `cfg` is not a run of the kind `command` needs."""
+    kind = run_kind(cfg)
+    if kind != wanted:
+        raise WrongRunKind(f"{command} needs {_article(wanted)} {wanted} run; {path} is {_article(kind)} {kind} run")
+
+
+def _article(word: str) -> str:
+    return "an" if word[0] in "aeiou" else "a"
 
 
 def _split_override(text: str) -> tuple[str, str]:
@@ -372,7 +425,10 @@ def coerce(value: Any, tp: Any, key: str) -> Any:
         (item_tp, *_) = get_args(tp) or (Any,)
         if isinstance(value, str):
             text = value.strip()
-            loaded = yaml.safe_load(text) if text.startswith("[") else [v for v in text.split(",") if v.strip()]
+            try:
+                loaded = yaml.safe_load(text) if text.startswith("[") else [v for v in text.split(",") if v.strip()]
+            except yaml.YAMLError:
+                raise ConfigError(f"{key}: {value!r} is not a list (e.g. [512,256])") from None
             value = loaded
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{key}: expected a list (e.g. [512,256]), got {value!r}")
@@ -411,6 +467,8 @@ def coerce(value: Any, tp: Any, key: str) -> Any:
             result = float(value)
         except (TypeError, ValueError):
             raise ConfigError(f"{key}: expected a number, got {value!r}") from None
+        if not math.isfinite(result):
+            raise ConfigError(f"{key}: must be a finite number, got {value!r}")
         return result
     if tp is str:
         if isinstance(value, (dict, list)):
@@ -419,6 +477,12 @@ def coerce(value: Any, tp: Any, key: str) -> Any:
     if dataclasses.is_dataclass(tp):
         return _build(tp, value, key + ".")
     raise ConfigError(f"{key}: unsupported field type {tp}")
+
+
+def check_seed(value: int, key: str) -> None:
+    """Seeds go to torch, numpy and random alike: an integer in [0, 2**32 - 1]."""
+    if not 0 <= value < 2**32:
+        raise ConfigError(f"{key}: must be in [0, 2**32 - 1], got {value}")
 
 
 def check_positive(obj: Any, *names: str, prefix: str = "") -> None:

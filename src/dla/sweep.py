@@ -26,7 +26,7 @@ from typing import Any
 
 import yaml
 
-from dla.config import find_experiment, load_experiment, load_run_config
+from dla.config import find_experiment, load_experiment, load_run_config, read_yaml
 from dla.errors import ConfigError
 from dla.report.plots import plot_overlaid, plot_xy
 from dla.report.tables import markdown_table
@@ -62,8 +62,8 @@ def _text(value: Any) -> str:
 
 def load_sweep(name: str) -> SweepSpec:
     path = find_experiment(name)
-    raw = yaml.safe_load(path.read_text()) or {}
-    if "sweep" not in raw:
+    raw = read_yaml(path) or {}
+    if not isinstance(raw, dict) or "sweep" not in raw:
         raise ConfigError(f"{path} is an experiment, not a sweep (no sweep: section); use dla train {name}")
     s = raw["sweep"]
     missing = [k for k in ("base", "grid") if k not in s]
@@ -90,7 +90,10 @@ def run_sweep(name: str, overrides: list[str], data_root: Path) -> Path:
     for o in rest:  # a grid key given on the command line narrows the grid to that value
         key, _, value = o.partition("=")
         if key in spec.grid:
-            spec.grid[key] = [yaml.safe_load(value)]
+            try:
+                spec.grid[key] = [yaml.safe_load(value)]
+            except yaml.YAMLError:
+                raise ConfigError(f"{o}: {value!r} is not a valid value") from None
     rest = [o for o in rest if o.partition("=")[0] not in spec.grid]
     tag = own[0].partition("=")[2] if own else sweep_tag(rest)
     configs = []

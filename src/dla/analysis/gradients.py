@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import statistics
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -87,7 +88,26 @@ def read_gradients(run: RunDir) -> list[dict[str, Any]]:
     path = run.path / "gradients.jsonl"
     if not path.is_file():
         raise DlaError(f"{run.path} has no gradients.jsonl; train with train.grad_stats_every=N to record it")
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as exc:
+        raise DlaError(f"{path}: damaged (not UTF-8 text at byte {exc.start})") from None
+    records = []
+    numbered = [(i, line) for i, line in enumerate(lines, 1) if line.strip()]
+    for i, line in numbered:
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            if i == numbered[-1][0]:  # a last line torn by a crash mid-write: the records before it stand
+                print(f"note: {path}, line {i}: torn last line skipped", file=sys.stderr)
+                break
+            raise DlaError(f"{path}, line {i}: damaged JSON line ({exc.msg}); the file is corrupt") from None
+        if not isinstance(record, dict) or "step" not in record or "layers" not in record:
+            raise DlaError(f"{path}, line {i}: not a gradient record (needs step and layers)")
+        records.append(record)
+    if not records:
+        raise DlaError(f"{path}: no gradient records")
+    return records
 
 
 def first_last(layers: dict[str, dict[str, Any]]) -> tuple[str, str]:

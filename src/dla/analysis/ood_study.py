@@ -2,12 +2,14 @@
 
 Outputs go to RUN/ood/: table.md and metrics.json (one row per detector x OOD set), and per OOD
 set hist_<set>.png (ID vs OOD scores) and roc_pr_<set>.png. With the grid: odin_grid.md,
-odin_heatmap.png and odin_auroc_vs_eps.png.
+odin_heatmap.png and odin_auroc_vs_eps.png. Everything is written into a temporary folder that
+replaces RUN/ood/ only when the command succeeds, so a failure leaves the run as it was.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -15,17 +17,13 @@ import torch
 
 from dla.analysis import ood
 from dla.build import load_data, load_run_model
+from dla.config import load_run_config, require_run_kind
 from dla.data.batches import to_unit_float
-from dla.data.ood import ood_images, sample
+from dla.data.ood import OOD_SETS, ood_images, sample
 from dla.data.vision import drop_classes, get_spec, load_arrays
 from dla.errors import DlaError
-from dla.report.plots import (
-    plot_heatmap,
-    plot_roc_pr,
-    plot_score_histograms,
-    plt,
-    save_figure,
-)
+from dla.io import atomic_dir
+from dla.report.plots import plot_heatmap, plot_roc_pr, plot_score_histograms, plt, save_figure
 from dla.report.tables import markdown_table
 from dla.rundir import RunDir
 
@@ -55,6 +53,25 @@ def detector_scores(name: str, model, x: torch.Tensor, maha: ood.Mahalanobis | N
     raise DlaError(f"unknown detector {name!r}; valid: {', '.join(ood.DETECTORS)}")
 
 
+def check_ood_args(run: RunDir, ood_sets: list[str], n: int, odin_t: float = 1.0, odin_eps: float = 0.0) -> None:
+    """Everything checkable before a model loads: the run's kind, the set names and the numbers."""
+    cfg = load_run_config(run)
+    require_run_kind(cfg, "image-classifier", "dla ood", run.path)
+    if "heldout" in ood_sets and not cfg.data.classes:
+        raise DlaError("--ood heldout needs a run trained with data.classes=[...] (e.g. [0,1,2,3,4,5])")
+    if not ood_sets:
+        raise DlaError(f"--ood: give at least one OOD set; valid: {', '.join((*OOD_SETS, 'heldout'))}")
+    unknown = [s for s in ood_sets if s not in (*OOD_SETS, "heldout")]
+    if unknown:
+        raise DlaError(f"--ood: unknown OOD set {unknown[0]!r}; valid: {', '.join((*OOD_SETS, 'heldout'))}")
+    if n < 1:
+        raise DlaError(f"--n: must be >= 1, got {n}")
+    if not (math.isfinite(odin_t) and odin_t > 0):
+        raise DlaError(f"--odin-t: must be a finite number > 0, got {odin_t}")
+    if not (math.isfinite(odin_eps) and odin_eps >= 0):
+        raise DlaError(f"--odin-eps: must be a finite number >= 0, got {odin_eps}")
+
+
 def ood_set_images(name: str, cfg, data_root: Path, n: int, seed: int) -> torch.Tensor:
     """OOD images for a run: a named set adapted to the run's input shape, or its held-out classes."""
     if name == "heldout":
@@ -77,8 +94,9 @@ def run_ood(
 ) -> list[dict]:
     """Score ID test images and each OOD set with each detector; write the table and plots."""
     unknown = [d for d in detectors if d not in ood.DETECTORS]
-    if unknown:
-        raise DlaError(f"unknown detector {unknown[0]!r}; valid: {', '.join(ood.DETECTORS)}")
+    if unknown or not detectors:
+        raise DlaError(f"--detectors: unknown detector {unknown[0] if unknown else ''!r}; valid: {', '.join(ood.DETECTORS)}")
+    check_ood_args(run, ood_sets, n, odin_t, odin_eps)
     model, cfg = load_run_model(run)
     data = load_data(cfg, data_root)
     x_id = to_unit_float(sample(data.test, n, seed).x)
@@ -86,8 +104,17 @@ def run_ood(
     if "mahalanobis" in detectors:
         fit_set = sample(data.train, 10000, seed)
         maha = ood.Mahalanobis.fit(model, to_unit_float(fit_set.x), fit_set.y)
-    out = run.path / "ood"
-    out.mkdir(exist_ok=True)
+    with atomic_dir(run.path / "ood") as out:
+        rows = _score_sets(model, cfg, data, x_id, maha, ood_sets, detectors, data_root, n, odin_t, odin_eps, seed, out)
+        table = markdown_table(rows, OOD_COLUMNS)
+        header = f"ID: {data.source} test split ({len(x_id)} images); run {run.path}; higher score = more ID\n\n"
+        (out / "table.md").write_text(header + table)
+        (out / "metrics.json").write_text(json.dumps(rows, indent=2) + "\n")
+    print(header + table, end="")
+    return rows
+
+
+def _score_sets(model, cfg, data, x_id, maha, ood_sets, detectors, data_root, n, odin_t, odin_eps, seed, out):
     id_scores = {d: detector_scores(d, model, x_id, maha, odin_t, odin_eps) for d in detectors}
     rows = []
     for name in ood_sets:
@@ -101,11 +128,6 @@ def run_ood(
         title = f"ID {data.source} vs OOD {name}"
         plot_score_histograms(pairs, out / f"hist_{name}.png", title)
         plot_roc_pr(pairs, out / f"roc_pr_{name}.png", title)
-    table = markdown_table(rows, OOD_COLUMNS)
-    header = f"ID: {data.source} test split ({len(x_id)} images); run {run.path}; higher score = more ID\n\n"
-    (out / "table.md").write_text(header + table)
-    (out / "metrics.json").write_text(json.dumps(rows, indent=2) + "\n")
-    print(header + table, end="")
     return rows
 
 
@@ -119,6 +141,16 @@ def run_odin_grid(
     seed: int = 0,
 ) -> dict:
     """The T x eps grid; the best cell is chosen on a validation half of ID and OOD, reported on the test half."""
+    check_ood_args(run, [ood_set], n)
+    if n < 2:
+        raise DlaError(f"--n: the ODIN grid splits the images into two halves: needs >= 2, got {n}")
+    with atomic_dir(run.path / "ood") as out:
+        result, lines = _odin_grid(run, ood_set, data_root, n, temperatures, epsilons, seed, out)
+    print("\n".join(lines))
+    return result
+
+
+def _odin_grid(run, ood_set, data_root, n, temperatures, epsilons, seed, out):
     model, cfg = load_run_model(run)
     data = load_data(cfg, data_root)
     x_id = to_unit_float(sample(data.test, n, seed).x)
@@ -131,8 +163,6 @@ def run_odin_grid(
         auroc[key] = {h: ood.ood_metrics(s_id[sl], s_ood[sl])["auroc"] for h, sl in halves.items()}
     best = max(auroc, key=lambda k: auroc[k]["val"])
     oracle = max(auroc, key=lambda k: auroc[k]["test"])
-    out = run.path / "ood"
-    out.mkdir(exist_ok=True)
     rows = [f"T={t:g}" for t in temperatures]
     cols = [f"{e:g}" for e in epsilons]
     val = np.array([[auroc[(t, e)]["val"] for e in epsilons] for t in temperatures])
@@ -168,5 +198,4 @@ def run_odin_grid(
     ]
     (out / "odin_grid.md").write_text("\n".join(lines))
     (out / "odin_grid.json").write_text(json.dumps(result, indent=2) + "\n")
-    print("\n".join(lines))
-    return result
+    return result, lines

@@ -83,7 +83,10 @@ def import_inferno(source: Path, root: Path) -> Path:
         raise DataError(f"{source}: no such file or folder")
     data = source.read_bytes()
     if md5(data) != INFERNO_MD5:
-        text = strip_gutenberg(data.decode("utf-8", errors="replace"))
+        try:
+            text = strip_gutenberg(data.decode("utf-8", errors="replace"))
+        except DataError as exc:
+            raise DataError(f"{source}: {exc} (reference md5 {INFERNO_MD5}, this file's {md5(data)})") from None
         data = text.encode()
         if md5(data) != INFERNO_MD5:
             raise DataError(
@@ -121,13 +124,27 @@ def load_corpus(name: str, root: Path, path: str | None = None, download: bool =
         p = Path(path).expanduser()
         if not p.is_file():
             raise DataError(f"data.path: {p} is not a file")
-        return p.read_text(encoding="utf-8"), str(p)
+        return read_utf8(p), str(p)
     file = inferno_path(root)
     if not file.is_file():
         if not download:
             raise DataError(f"the Inferno is not in {root}; {INFERNO_HINT}")
         download_inferno(root)
-    return file.read_text(encoding="utf-8"), name
+    return read_utf8(file, f" (reference md5 {INFERNO_MD5}; {INFERNO_HINT})"), name
+
+
+def read_utf8(path: Path, hint: str = "") -> str:
+    """A text file's content; one that is not UTF-8 or cannot be read raises a one-line `DataError`."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise DataError(
+            f"{path}: damaged or not UTF-8 text (byte {exc.start}: {exc.reason}); its md5 is {md5(data)}{hint}"
+        ) from None
 
 
 # ---------------------------------------------------------------------------------------- tokenizers
@@ -212,12 +229,23 @@ def load_tokenizer(path: Path) -> CharTokenizer | BPETokenizer:
     """A tokenizer saved by `save` (a run directory's tokenizer.json)."""
     if not path.is_file():
         raise DataError(f"{path}: no tokenizer (is this a Lab 2.1 run directory?)")
-    raw = json.loads(path.read_text())
+    try:
+        raw = json.loads(read_utf8(path))
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{path}: damaged tokenizer file (JSON error at line {exc.lineno}: {exc.msg})") from None
+    if not isinstance(raw, dict):
+        raise DataError(f"{path}: damaged tokenizer file (not a JSON object)")
     if raw.get("kind") == "char":
-        return CharTokenizer(raw["chars"])
+        chars = raw.get("chars")
+        if not isinstance(chars, list) or not all(isinstance(c, str) for c in chars):
+            raise DataError(f"{path}: damaged tokenizer file (no list of characters)")
+        return CharTokenizer(chars)
     from tokenizers import Tokenizer
 
-    return BPETokenizer(Tokenizer.from_file(str(path)))
+    try:
+        return BPETokenizer(Tokenizer.from_file(str(path)))
+    except Exception as exc:  # noqa: BLE001  (the tokenizers library raises its own exception types)
+        raise DataError(f"{path}: damaged tokenizer file ({str(exc).splitlines()[0][:120]})") from None
 
 
 # -------------------------------------------------------------------------------------------- splits

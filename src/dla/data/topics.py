@@ -71,6 +71,7 @@ def clean_ag_news(text: str) -> str:
 def read_ag_news(path: Path) -> tuple[list[str], np.ndarray]:
     """Texts ("title. description") and 0-based labels of an AG News CSV."""
     texts, labels = [], []
+    i = 0
     try:
         with open(path, newline="", encoding="utf-8") as fh:
             for i, row in enumerate(csv.reader(fh), 1):
@@ -79,11 +80,23 @@ def read_ag_news(path: Path) -> tuple[list[str], np.ndarray]:
                 labels.append(int(row[0]) - 1)
                 title, description = clean_ag_news(row[1]), clean_ag_news(row[2])
                 texts.append(f"{title}. {description}" if title and title[-1] not in ".?!" else f"{title} {description}")
-    except (OSError, UnicodeDecodeError) as exc:
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: damaged or not UTF-8 (byte {exc.start}: {exc.reason}); {_md5_note(path)}") from None
+    except csv.Error as exc:
+        raise DataError(f"{path}, row {i + 1}: damaged CSV ({exc}); {_md5_note(path)}") from None
+    except OSError as exc:
         raise DataError(f"{path}: cannot read the AG News CSV ({exc})") from None
     if not texts:
         raise DataError(f"{path}: no rows")
     return texts, np.asarray(labels, dtype=np.int64)
+
+
+def _md5_note(path: Path) -> str:
+    try:
+        digest = hashlib.md5(Path(path).read_bytes()).hexdigest()
+    except OSError:
+        return "expected the AG News test.csv"
+    return f"its md5 is {digest}, the AG News test.csv's is {AG_NEWS_TEST_MD5}"
 
 
 def find_ag_news(cfg: TopicDataConfig, data_root: Path | None) -> Path:

@@ -18,6 +18,8 @@ import gzip
 import hashlib
 import os
 import shutil
+import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,6 +29,22 @@ import torch
 from dla.errors import DataError
 
 CHUNK = 1 << 22
+
+# What reading a damaged file raises: bad gzip headers and streams, truncation, broken zip archives.
+DAMAGED = (OSError, EOFError, zlib.error, zipfile.BadZipFile, KeyError, ValueError)
+
+
+def damaged(path: Path, exc: BaseException, what: str = "file") -> DataError:
+    """A one-line `DataError` for a file that cannot be read: its path, what it is and why."""
+    reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    if isinstance(exc, EOFError) or "end-of-stream" in reason or "truncated" in reason.lower():
+        reason = f"truncated ({reason})"
+    raw = ""
+    try:
+        raw = f"; its md5 is {md5_bytes(Path(path).read_bytes())}"
+    except OSError:
+        pass
+    return DataError(f"{path}: damaged {what}, cannot be read: {reason[:160]}{raw}; re-import or re-download it")
 
 
 def default_data_root() -> Path:
@@ -45,9 +63,12 @@ def md5_file(path: Path) -> str:
     """md5 of a file's content; a `.gz` file is hashed after decompression."""
     digest = hashlib.md5()
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as fh:
-        while chunk := fh.read(CHUNK):
-            digest.update(chunk)
+    try:
+        with opener(path, "rb") as fh:
+            while chunk := fh.read(CHUNK):
+                digest.update(chunk)
+    except DAMAGED as exc:
+        raise damaged(path, exc, "gzip file" if path.suffix == ".gz" else "file") from None
     return digest.hexdigest()
 
 
@@ -152,13 +173,24 @@ def _find_file(directory: Path, name: str) -> Path | None:
 
 
 def _npz_images_md5(path: Path) -> str:
-    with np.load(path, allow_pickle=False) as z:
-        return md5_bytes(np.ascontiguousarray(z["images"]).data)
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return md5_bytes(np.ascontiguousarray(z["images"]).data)
+    except DAMAGED as exc:
+        raise damaged(path, exc, ".npz archive") from None
 
 
 def file_md5(path: Path) -> str:
     """The md5 a spec records for this file: npz images, else the (decompressed) bytes."""
     return _npz_images_md5(path) if path.suffix == ".npz" else md5_file(path)
+
+
+def _md5_or_none(path: Path) -> str | None:
+    """`file_md5`, or None for a file too damaged to read (it then counts as a checksum failure)."""
+    try:
+        return file_md5(path)
+    except DataError:
+        return None
 
 
 @dataclass
@@ -197,7 +229,7 @@ def locate(name: str, root: Path, verify: bool = True) -> Location:
         found = {f: p for f in spec.files if (p := _find_file(directory, f))}
         if not found:
             continue
-        bad = [f for f, p in found.items() if verify and file_md5(p) != spec.files[f]]
+        bad = [f for f, p in found.items() if verify and _md5_or_none(p) != spec.files[f]]
         missing = [f for f in spec.files if f not in found]
         loc = Location(name, directory, found, missing, bad, source)
         if loc.status == "present":
@@ -220,12 +252,13 @@ def import_dataset(name: str, source: Path, root: Path) -> Location:
             matches[base] = path
     if not matches:
         raise DataError(f"{source}: none of {', '.join(spec.files)} (or .gz) found for {name}")
-    target = root / spec.folder
-    target.mkdir(parents=True, exist_ok=True)
-    for base, path in matches.items():
+    for base, path in matches.items():  # every file is verified before anything is written
         digest = file_md5(path)
         if digest != spec.files[base]:
             raise DataError(f"{path}: checksum mismatch for {name} {base} (md5 {digest}, expected {spec.files[base]})")
+    target = root / spec.folder
+    target.mkdir(parents=True, exist_ok=True)
+    for base, path in matches.items():
         dest = target / base
         tmp = dest.with_name(dest.name + ".tmp")
         if path.suffix == ".gz":
@@ -260,7 +293,7 @@ def require(name: str, root: Path, download: bool, need: tuple[str, ...] | None 
     loc = locate(name, root)
     if loc.bad:
         files = ", ".join(str(loc.found[f]) for f in loc.bad)
-        raise DataError(f"{spec.title}: checksum mismatch in {files}; re-import it: {spec.import_hint}")
+        raise DataError(f"{spec.title}: checksum mismatch (damaged file) in {files}; re-import it: {spec.import_hint}")
     wanted = need or tuple(spec.files)
     if loc.source == "torchvision" or (loc.directory and all(f in loc.found for f in wanted)):
         return loc
@@ -278,10 +311,17 @@ def require(name: str, root: Path, download: bool, need: tuple[str, ...] | None 
 def read_idx(path: Path) -> torch.Tensor:
     """Read an IDX file (MNIST format, optionally gzipped) into a uint8 tensor."""
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as fh:
-        data = fh.read()
-    ndim = data[3]
+    try:
+        with opener(path, "rb") as fh:
+            data = fh.read()
+    except DAMAGED as exc:
+        raise damaged(path, exc, "IDX file") from None
+    ndim = data[3] if len(data) >= 4 else 0
     dims = [int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
+    size = int(np.prod(dims)) if dims else -1
+    if len(data) < 4 or data[:2] != b"\0\0" or data[2] != 8 or size != len(data) - 4 - 4 * ndim:
+        raise damaged(path, ValueError(f"not a uint8 IDX file of the size its header gives ({len(data)} bytes)"),
+                      "IDX file")
     array = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
     return torch.from_numpy(array.copy()).reshape(dims)
 
@@ -330,9 +370,12 @@ def _load_cifar(spec: VisionSpec, root: Path, download: bool) -> tuple[ImageSet,
         return train, test, spec.title
 
     def npz(path: Path) -> ImageSet:
-        with np.load(path, allow_pickle=False) as z:
-            x = torch.from_numpy(z["images"]).permute(0, 3, 1, 2).contiguous()
-            return ImageSet(x, torch.from_numpy(z["labels"].astype(np.int64)))
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                x = torch.from_numpy(z["images"]).permute(0, 3, 1, 2).contiguous()
+                return ImageSet(x, torch.from_numpy(z["labels"].astype(np.int64)))
+        except (*DAMAGED, RuntimeError) as exc:
+            raise damaged(path, exc, ".npz archive") from None
 
     train = npz(loc.found[CIFAR_JPEG_TRAIN])
     test = npz(loc.found["cifar10_test.npz"])

@@ -6,6 +6,7 @@ import argparse
 import json
 from collections.abc import Callable
 
+from dla.cli_types import nonneg_float, nonneg_int, positive_int, seed_int, top_p_float
 from dla.errors import DlaError
 
 
@@ -121,13 +122,14 @@ def add_hf_parser(sub: argparse._SubParsersAction, shared: dict[str, Callable]) 
     q.add_argument("--model", default="gpt2", help="Hub id or folder of a causal LM (default gpt2)")
     q.add_argument("--run", help="a Lab 2.1 run directory instead of a Hugging Face model")
     q.add_argument("--prompt", help='text to continue (default "Once upon a time")')
-    q.add_argument("--max-length", type=int, default=50, help="prompt + new tokens (default 50)")
-    q.add_argument("--max-new-tokens", type=int, help="new tokens, whatever the prompt length (overrides --max-length)")
-    q.add_argument("--temperature", type=float, default=0.7, help="0 for greedy decoding (default 0.7)")
-    q.add_argument("--top-k", type=int, default=50, help="0 to disable (default 50)")
-    q.add_argument("--top-p", type=float, help="nucleus sampling, e.g. 0.95 (default off)")
-    q.add_argument("--num-return-sequences", type=int, default=1)
-    q.add_argument("--seed", type=int, default=42)
+    q.add_argument("--max-length", type=positive_int, default=50, help="prompt + new tokens (default 50)")
+    q.add_argument("--max-new-tokens", type=positive_int,
+                   help="new tokens, whatever the prompt length (overrides --max-length)")
+    q.add_argument("--temperature", type=nonneg_float, default=0.7, help="0 for greedy decoding (default 0.7)")
+    q.add_argument("--top-k", type=nonneg_int, default=50, help="0 to disable (default 50)")
+    q.add_argument("--top-p", type=top_p_float, help="nucleus sampling in (0, 1], e.g. 0.95 (default off)")
+    q.add_argument("--num-return-sequences", type=positive_int, default=1)
+    q.add_argument("--seed", type=seed_int, default=42)
     q.set_defaults(func=cmd_generate, write_stream=shared["write_stream"])
 
     q = hf.add_parser("finetune", help="fine-tune a pretrained encoder for topic classification (= dla train EXPERIMENT)")

@@ -92,7 +92,7 @@ def load_pretrained(loader: Callable[..., Any], name: str, what: str, **kwargs: 
     if Path(name).expanduser().is_dir():
         try:
             return loader(str(Path(name).expanduser()), **kwargs)
-        except (OSError, ValueError) as exc:
+        except Exception as exc:  # noqa: BLE001  (tokenizers raises a bare Exception for a damaged vocab file)
             raise DlaError(f"{name}: not a loadable {what} folder ({_first_line(exc)})") from None
     if name.startswith((".", "/", "~")) or name.count("/") > 1:  # a path, not a Hub id (`org/name`)
         raise DlaError(f"{what} folder {name} does not exist")

@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from dla.config import LANGUAGE_MODEL
+
 
 def _fmt(value: Any, kind: str) -> str:
     if value is None:
@@ -47,7 +49,7 @@ LM_RUN_COLUMNS = (
 
 def run_columns(rows: Sequence[dict[str, Any]]) -> tuple[tuple[str, str, str], ...]:
     """Classifier columns, language-model columns, or both when a report mixes them."""
-    lm = [r.get("unit") == "round" for r in rows]
+    lm = [r.get("kind") == LANGUAGE_MODEL for r in rows]  # summary.json's kind is config.run_kind
     if all(lm) and rows:
         return LM_RUN_COLUMNS
     if any(lm):

@@ -30,7 +30,8 @@ def load_weights(model: nn.Module, path: Path) -> None:
             shapes = {k: tuple(fh.get_slice(k).get_shape()) for k in fh.keys()}
             state = {k: fh.get_tensor(k) for k in fh.keys()}
     except Exception as exc:  # noqa: BLE001  (any parse failure means the same to the user)
-        raise CheckpointError(f"{path}: not a readable safetensors file ({exc})") from None
+        reason = (str(exc).splitlines() or [type(exc).__name__])[0][:160]
+        raise CheckpointError(f"{path}: damaged or not a safetensors file ({reason})") from None
     missing = sorted(set(expected) - set(shapes))
     extra = sorted(set(shapes) - set(expected))
     wrong = [k for k in expected if k in shapes and shapes[k] != tuple(expected[k].shape)]
@@ -58,4 +59,6 @@ def load_state(path: Path) -> dict[str, Any]:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001
-        raise CheckpointError(f"{path}: unreadable training state ({str(exc).splitlines()[0]})") from None
+        reason = (str(exc).splitlines() or [type(exc).__name__])[0].split(". ")[0][:160]
+        raise CheckpointError(f"{path}: damaged or unreadable training state ({reason}); "
+                              "resume needs the last.pt that dla train wrote") from None

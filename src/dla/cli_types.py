@@ -1,0 +1,99 @@
+"""Small argparse `type=` validators: each option's valid range is checked before any work starts.
+
+A bad value ends as argparse's usual one-line usage error, naming the option, the value and the
+range, e.g. `dla generate: error: argument --top-p: 1.5 is not in (0, 1]`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from collections.abc import Callable
+from fractions import Fraction
+
+
+def _int(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+
+
+def _float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text} is not a finite number")
+    return value
+
+
+def positive_int(text: str) -> int:
+    """An integer >= 1."""
+    value = _int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not a positive integer (>= 1)")
+    return value
+
+
+def nonneg_int(text: str) -> int:
+    """An integer >= 0."""
+    value = _int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value} is not >= 0")
+    return value
+
+
+def seed_int(text: str) -> int:
+    """A random seed: an integer in [0, 2**32 - 1]."""
+    value = _int(text)
+    if not 0 <= value < 2**32:
+        raise argparse.ArgumentTypeError(f"{value} is not a seed in [0, 2**32 - 1]")
+    return value
+
+
+def finite_float(low: float | None = None, high: float | None = None, low_open: bool = False,
+                 high_open: bool = False) -> Callable[[str], float]:
+    """A finite number in the range [low, high] (either end open, or unbounded when None)."""
+    left = "(" if low_open or low is None else "["
+    right = ")" if high_open or high is None else "]"
+    span = f"{left}{'-inf' if low is None else f'{low:g}'}, {'inf' if high is None else f'{high:g}'}{right}"
+
+    def check(text: str) -> float:
+        value = _float(text)
+        below = low is not None and (value <= low if low_open else value < low)
+        above = high is not None and (value >= high if high_open else value > high)
+        if below or above:
+            raise argparse.ArgumentTypeError(f"{value:g} is not in {span}")
+        return value
+
+    check.__name__ = f"number in {span}"
+    return check
+
+
+nonneg_float = finite_float(0.0)
+positive_float = finite_float(0.0, low_open=True)
+unit_interval = finite_float(0.0, 1.0)
+top_p_float = finite_float(0.0, 1.0, low_open=True)
+
+
+def parse_eps_list(text: str) -> list[float]:
+    """'0,1/255,8/255' -> [0.0, 0.0039..., 0.0313...]: finite L-infinity radii in [0, 1] (pixel units)."""
+    parts = [p.strip() for p in text.split(",") if p.strip()]
+    if not parts:
+        raise argparse.ArgumentTypeError(f"{text!r} holds no epsilon; give e.g. 0,8/255")
+    values = []
+    for part in parts:
+        try:
+            value = float(Fraction(part))
+        except (ValueError, ZeroDivisionError):
+            raise argparse.ArgumentTypeError(
+                f"{part!r} is not a number or a fraction like 8/255") from None
+        if not 0.0 <= value <= 1.0:
+            raise argparse.ArgumentTypeError(f"{part} is not in [0, 1] (pixel units: 8/255 is the usual budget)")
+        values.append(value)
+    return values
+
+
+eps_list = parse_eps_list

