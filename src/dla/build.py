@@ -27,7 +27,8 @@ from dla.models import MODELS, build_model
 from dla.rundir import RunDir
 from dla.train.checkpoint import load_weights
 
-COMMAND_KIND = {"dla ood": IMAGE_CLASSIFIER, "dla attack": IMAGE_CLASSIFIER, "dla generate": LANGUAGE_MODEL}
+COMMAND_KIND = {"dla ood": IMAGE_CLASSIFIER, "dla attack": IMAGE_CLASSIFIER, "dla generate": LANGUAGE_MODEL,
+                "dla hf eval": TEXT_CLASSIFIER}  # the commands that work on one kind of run only
 
 
 def class_names(cfg: ExperimentConfig) -> tuple[str, ...]:

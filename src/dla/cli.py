@@ -55,7 +55,7 @@ def cmd_train(args: argparse.Namespace, cfg=None) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     from dla.experiment import evaluate_run
 
-    result, line = evaluate_run(args.run, _data_root(args))
+    result, line = evaluate_run(args.run, _data_root(args), getattr(args, "command_name", "dla eval"))
     print(json.dumps(result) if args.json else line)
     return 0
 

@@ -221,12 +221,12 @@ def run_summary(
     return summary
 
 
-def evaluate_run(path: str | Path, data_root: Path | None) -> tuple[dict[str, Any], str]:
+def evaluate_run(path: str | Path, data_root: Path | None, command: str = "dla eval") -> tuple[dict[str, Any], str]:
     """Test metrics of a run's best weights, recomputed on its test split; written to RUN/eval.json.
 
     Returns the result and a line to print (for a text classifier, also its confusion matrix).
     """
-    run, cfg = open_run(path)
+    run, cfg = open_run(path, command)
     accelerator = make_accelerator(cfg.train)
     model, cfg = load_run_model(run, accelerator.device)
     kind = run_kind(cfg)
