@@ -99,25 +99,11 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from dla.report.plots import plot_overlaid
-    from dla.report.tables import markdown_table, run_columns
-    from dla.rundir import find_runs
+    from dla.report.site import build_site
 
-    runs = find_runs(args.runs)
-    rows, histories = [], {}
-    for run in runs:
-        summary = run.read_summary()
-        rows.append({**summary, "name": run.label})
-        if history := run.read_metrics():
-            histories[run.label] = history
-    table = markdown_table(rows, run_columns(rows))
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "table.md").write_text(table)
-    print(table, end="")
-    if histories:
-        plot = plot_overlaid(histories, out / "curves.png")
-        print(f"wrote {out / 'table.md'} and {plot}")
+    site = build_site(args.runs, args.out)
+    print(site.table, end="")
+    print(f"wrote {site.index}")
     return 0
 
 
@@ -254,9 +240,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=seed_int, default=0)
     p.set_defaults(func=cmd_generate)
 
-    p = sub.add_parser("report", help="a Markdown table and overlaid validation curves of runs")
-    p.add_argument("runs", nargs="+", help="run directories, or folders to search for them")
-    p.add_argument("--out", default="report", help="folder for table.md and curves.png (default: report)")
+    p = sub.add_parser("report", help="an HTML site of runs: tables, interactive curves, every study's figures")
+    p.add_argument("runs", nargs="*", default=["runs"], help="run directories, or folders to search for them (default: runs)")
+    p.add_argument("--out", default="report", help="folder for index.html and its pages (default: report)")
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("sweep", help="run a grid of experiments (e.g. lab1-depth), resumable, with table and plots")
