@@ -141,7 +141,7 @@ a:hover { text-decoration: underline; }
 p.lead { color: var(--muted); margin: 0 0 12px; }
 code, pre { font: 13px/1.45 ui-monospace, SFMono-Regular, Menlo, Consolas, monospace; }
 pre { background: var(--bg2); border: 1px solid var(--line); border-radius: 6px; padding: 10px 12px; overflow: auto; max-height: 480px; }
-pre.cmd { background: #24292f; color: #f0f6fc; border: 0; }
+pre.cmd { background: #24292f; color: #f0f6fc; border: 0; white-space: pre-wrap; word-break: break-all; }
 .scroll { overflow-x: auto; }
 table { border-collapse: collapse; font-size: 14px; margin: 6px 0 14px; }
 th, td { padding: 5px 10px; border-bottom: 1px solid var(--line); text-align: left; white-space: nowrap; }

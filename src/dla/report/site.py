@@ -288,7 +288,7 @@ def study_page(study: Study, root: Path) -> str:
         row += [(esc(fmt(flat.get(k), "str")), sort_key(flat.get(k))) for k in diff]
         rows.append(row)
     numeric = [False, False, *(True for _ in columns), *(isinstance(flatten(configs[0]).get(k), (int, float)) for k in diff)]
-    parts = [f"<h1>{esc(study.title)}</h1>", f'<p class="lead">{study_lead(study)}</p>']
+    parts = [f"<h1>{esc(study.title)}</h1>", study_lead(study)]
     if best:
         h = headline(best)
         parts.append(f'<div class="cards"><div class="card"><div class="k">best run</div><div class="headline">'
@@ -336,15 +336,15 @@ def _shade_config_headers(table_html: str, first: int) -> str:
 
 
 def study_lead(study: Study) -> str:
-    folder = esc(study.folder)
-    if study.sweep:
-        overrides = " ".join(study.sweep.get("overrides") or [])
-        grid = ", ".join(f"{k} ∈ {v}" for k, v in (study.sweep.get("grid") or {}).items())
-        command = shlex.join(["dla", "sweep", str(study.sweep["sweep"]), *(study.sweep.get("overrides") or [])])
-        return (f"Sweep over {esc(grid)} from <code>{esc(study.sweep.get('base', ''))}</code>"
-                + (f" with <code>{esc(overrides)}</code>" if overrides else "")
-                + f"; {len(study.runs)} runs in <code>{folder}</code>. Rerun or resume: <code>{esc(command)}</code>")
-    return f"{esc(KIND_TITLES[study.kind])} runs in <code>{folder}</code>."
+    """One line of what the study is, and for a sweep the command that reruns or resumes it."""
+    folder = f'<span class="muted">in <code>{esc(study.folder)}</code></span>'
+    if not study.sweep:
+        return f'<p class="lead">{len(study.runs)} {esc(KIND_TITLES[study.kind])} runs {folder}</p>'
+    grid = ", ".join(f"<code>{esc(k)}</code> ∈ {esc(v)}" for k, v in (study.sweep.get("grid") or {}).items())
+    command = shlex.join(["dla", "sweep", str(study.sweep["sweep"]), *map(str, study.sweep.get("overrides") or [])])
+    return (f'<p class="lead">Sweep over {grid}, each run from <code>{esc(study.sweep.get("base", ""))}</code>; '
+            f'{len(study.runs)} runs {folder}</p>'
+            f'<details><summary>Rerun or resume this sweep</summary><pre class="cmd">{esc(command)}</pre></details>')
 
 
 def shared_config(configs: list[dict[str, Any]], diff: list[str]) -> str:
