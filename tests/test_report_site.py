@@ -57,8 +57,13 @@ def test_differing_keys_finds_exactly_the_keys_that_differ():
 
 
 def test_site_pages_tables_and_figures(runs, tmp_path):
+    stale = tmp_path / "report" / "run" / "a-deleted-run.html"
+    stale.parent.mkdir(parents=True)
+    stale.write_text("old")
+    (tmp_path / "report" / "notes.txt").write_text("mine")
     site = build_site([runs], tmp_path / "report")
     out = site.index.parent
+    assert not stale.exists() and (out / "notes.txt").read_text() == "mine"  # old pages go, other files stay
     assert site.index == out / "index.html" and "| lab1-mlp/base |" in site.table
     assert (out / "assets" / "plotly.min.js").stat().st_size > 1_000_000  # written once, no CDN
     pages = list(out.rglob("*.html"))

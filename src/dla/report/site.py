@@ -163,10 +163,15 @@ def group_studies(runs: list[Run]) -> list[Study]:
         studies[folder].runs.append(run)
     used: set[str] = set()
     for study in studies.values():
+        study.runs.sort(key=lambda r: _natural(r.name))  # Depth-9 before Depth-17
         study.slug = _unique(_slug(study.title), used)
         for run in study.runs:
             run.slug = _unique(_slug(f"{study.title}-{run.name}"), used)
     return list(studies.values())
+
+
+def _natural(text: str) -> list[Any]:
+    return [(0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", text)]
 
 
 def _slug(text: str) -> str:
@@ -216,6 +221,13 @@ def build_site(paths: list[str | Path], out: str | Path) -> SiteResult:
             for run in study.runs:
                 (tmp / "run" / f"{run.slug}.html").write_text(run_page(run, study, tmp))
         (tmp / "index.html").write_text(index_page(studies, paths))
+        written = {p.relative_to(tmp) for p in tmp.rglob("*") if p.is_file()}
+    for folder in ("study", "run", "files"):  # pages and copies of runs no longer reported; other files stay
+        for path in sorted((out / folder).rglob("*"), reverse=True):
+            if path.is_file() and path.relative_to(out) not in written:
+                path.unlink()
+            elif path.is_dir() and not any(path.iterdir()):
+                path.rmdir()
     rows = [{**r.summary, "name": r.dir.label} for r in runs]
     return SiteResult(out / "index.html", markdown_table(rows, run_columns(rows)))
 
@@ -339,8 +351,10 @@ def study_lead(study: Study) -> str:
     """One line of what the study is, and for a sweep the command that reruns or resumes it."""
     folder = f'<span class="muted">in <code>{esc(study.folder)}</code></span>'
     if not study.sweep:
-        return f'<p class="lead">{len(study.runs)} {esc(KIND_TITLES[study.kind])} runs {folder}</p>'
-    grid = ", ".join(f"<code>{esc(k)}</code> ∈ {esc(v)}" for k, v in (study.sweep.get("grid") or {}).items())
+        n = len(study.runs)
+        return f'<p class="lead">{n} {esc(KIND_TITLES[study.kind])} run{"s" if n > 1 else ""} {folder}</p>'
+    grid = ", ".join(f"<code>{esc(k)}</code> ∈ {{{esc(', '.join(fmt(x, 'str') for x in v))}}}"
+                     for k, v in (study.sweep.get("grid") or {}).items())
     command = shlex.join(["dla", "sweep", str(study.sweep["sweep"]), *map(str, study.sweep.get("overrides") or [])])
     return (f'<p class="lead">Sweep over {grid}, each run from <code>{esc(study.sweep.get("base", ""))}</code>; '
             f'{len(study.runs)} runs {folder}</p>'
