@@ -28,6 +28,8 @@ from typing import Any
 
 import yaml
 
+from dla.config import IMAGE_CLASSIFIER as IMAGE, LANGUAGE_MODEL as LM, TEXT_CLASSIFIER as TEXT
+from dla.config import load_run_config, run_kind as config_run_kind
 from dla.errors import DlaError
 from dla.io import atomic_dir
 from dla.report.html import CSS, JS, esc, fmt, markdown, markdown_rows, page, sort_key, table
@@ -38,35 +40,40 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".gif", ".svg", ".webp")
 ARTEFACT_FOLDERS = ("plots", "ood", "attack", "cam")  # shown in this order, each under its own heading
 FOLDER_TITLES = {"plots": "Plots", "ood": "Out-of-distribution detection", "attack": "Adversarial attacks",
                  "cam": "Class activation maps and detection"}
-TEXT_DATA = ("ag_news", "yahoo_answers_topics")
 PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
            "#bcbd22", "#17becf")
-KIND_TITLES = {"image": "image classifier", "lm": "language model", "text": "text classifier"}
+KIND_TITLES = {IMAGE: "image classifier", LM: "language model", TEXT: "text classifier"}
 
 # (header, summary key, format, higher is better) per run kind; the first is the headline
 COLUMNS = {
-    "image": (("test acc (%)", "test_acc", "pct", True), ("test loss", "test_loss", "float", False),
+    IMAGE: (("test acc (%)", "test_acc", "pct", True), ("test loss", "test_loss", "float", False),
               ("best epoch", "best_epoch", "int", None), ("epochs", "epochs_run", "int", None),
               ("params", "params", "int", None), ("train time (s)", "train_time_s", "time", None)),
-    "lm": (("test loss (nats/token)", "test_loss", "float", False), ("test bits/char", "test_bpc", "float", False),
+    LM: (("test loss (nats/token)", "test_loss", "float", False), ("test bits/char", "test_bpc", "float", False),
            ("best val loss", "best_val_loss", "float", False), ("best step", "best_step", "int", None),
            ("params", "params", "int", None), ("time (s)", "wall_time_s", "time", None)),
-    "text": (("test acc (%)", "test_acc", "pct", True), ("test macro-F1", "test_f1", "float", True),
+    TEXT: (("test acc (%)", "test_acc", "pct", True), ("test macro-F1", "test_f1", "float", True),
              ("test loss", "test_loss", "float", False), ("best epoch", "best_epoch", "int", None),
              ("params", "params", "int", None), ("train time (s)", "train_time_s", "time", None)),
 }
-FALLBACK = {"image": ("best val acc (%)", "best_val_acc", "pct", True),  # an unfinished run has no test metric
-            "lm": ("best val loss", "best_val_loss", "float", False),
-            "text": ("best val acc (%)", "best_val_acc", "pct", True)}
+FALLBACK = {IMAGE: ("best val acc (%)", "best_val_acc", "pct", True),  # an unfinished run has no test metric
+            LM: ("best val loss", "best_val_loss", "float", False),
+            TEXT: ("best val acc (%)", "best_val_acc", "pct", True)}
 
 
-def run_kind(config: dict[str, Any], summary: dict[str, Any]) -> str:
-    """'image', 'lm' (language model) or 'text' (text classifier); to be replaced by dla.config.run_kind."""
-    if config.get("kind") == "hf-text-classifier" or (config.get("data") or {}).get("name") in TEXT_DATA:
-        return "text"
-    if summary.get("unit") == "round":
-        return "lm"
-    return "image"
+def run_kind(run: RunDir, config: dict[str, Any], summary: dict[str, Any]) -> str:
+    """`dla.config.run_kind` of the run's config; a config this version cannot load (an older dialect)
+    is told apart by its data set and summary instead."""
+    try:
+        return config_run_kind(load_run_config(run))
+    except DlaError:
+        pass
+    data = (config.get("data") or {}).get("name")
+    if config.get("kind") == "hf-text-classifier" or data in ("ag_news", "yahoo_answers_topics"):
+        return TEXT
+    if summary.get("unit") == "round" or data == "inferno":
+        return LM
+    return IMAGE
 
 
 def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -146,8 +153,8 @@ def load_run(run: RunDir) -> Run:
     except ValueError:
         raise DlaError(f"{run.summary}: not valid JSON; the file is damaged") from None
     history = run.read_metrics()
-    return Run(run, config if isinstance(config, dict) else {}, summary, history, run.torn_metrics(),
-               run_kind(config if isinstance(config, dict) else {}, summary))
+    config = config if isinstance(config, dict) else {}
+    return Run(run, config, summary, history, run.torn_metrics(), run_kind(run, config, summary))
 
 
 def group_studies(runs: list[Run]) -> list[Study]:
@@ -412,10 +419,7 @@ def run_page(run: Run, study: Study, root: Path) -> str:
 
 def reproduce_command(run: Run) -> str:
     """The command that trains the same run again from its resolved config."""
-    config = str(run.dir.config)
-    if run.kind == "text":
-        return shlex.join(["dla", "hf", "finetune", config])
-    return shlex.join(["dla", "train", config])
+    return shlex.join(["dla", "train", str(run.dir.config)])
 
 
 # ---------------------------------------------------------------- figures
@@ -494,7 +498,7 @@ def _plot_html(fig: Any, div_id: str) -> str:
 
 
 def _x_key(run: Run) -> str:
-    return "step" if run.kind == "lm" else "epoch"
+    return "step" if run.kind == LM else "epoch"
 
 
 def curves_div(runs: list[Run], div_id: str) -> str:
