@@ -280,15 +280,10 @@ def index_page(studies: list[Study], paths: list[str | Path]) -> str:
 
 def study_contents(study: Study) -> list[str]:
     """Short labels of what a study's page shows beyond the table and curves."""
-    found = []
-    checks = (("sweep plot", lambda r: False), ("gradient flow", lambda r: (r.dir.path / "gradients.jsonl").is_file()),
-              ("OOD", lambda r: (r.dir.path / "ood").is_dir()), ("attacks", lambda r: (r.dir.path / "attack").is_dir()),
-              ("CAM", lambda r: (r.dir.path / "cam").is_dir()), ("samples", lambda r: r.dir.sample.is_file()),
-              ("confusion matrix", lambda r: (r.dir.plots / "confusion.png").is_file()))
-    if study.sweep and _sweep_images(study):
-        found.append("sweep plot")
-    found += [label for label, has in checks[1:] if any(has(r) for r in study.runs)]
-    return found
+    files = (("gradient flow", "gradients.jsonl"), ("OOD", "ood"), ("attacks", "attack"), ("CAM", "cam"),
+             ("samples", "sample.txt"), ("confusion matrix", "plots/confusion.png"))
+    found = ["sweep plot"] if study.sweep and _sweep_images(study) else []
+    return found + [label for label, name in files if any((r.dir.path / name).exists() for r in study.runs)]
 
 
 def study_page(study: Study, root: Path) -> str:
