@@ -66,7 +66,7 @@ def run_kind(run: RunDir, config: dict[str, Any], summary: dict[str, Any]) -> st
     is told apart by its data set and summary instead."""
     try:
         return config_run_kind(load_run_config(run))
-    except DlaError:
+    except (DlaError, OSError):
         pass
     data = (config.get("data") or {}).get("name")
     if config.get("kind") == "hf-text-classifier" or data in ("ag_news", "yahoo_answers_topics"):
@@ -427,7 +427,7 @@ def run_artefacts(run: Run, root: Path, up: str) -> str:
         if not src.is_dir():
             continue
         images, notes = [], []
-        for path in sorted(p for p in src.rglob("*") if p.is_file()):
+        for path in sorted((p for p in src.rglob("*") if p.is_file()), key=lambda p: (p.name != "table.md", p)):
             rel = path.relative_to(run.dir.path)
             if path.suffix.lower() in IMAGE_SUFFIXES:
                 if rel.as_posix() == "plots/curves.png" and run.history:
