@@ -21,7 +21,8 @@ setup: $(STAMP)
 demo: setup
 	@if [ -d "$(SHARED_DATA)/mnist" ]; then $(BIN)/dla data import mnist "$(SHARED_DATA)/mnist"; fi
 	$(BIN)/dla train lab1-mlp $(ARGS)
-	$(BIN)/dla report runs/lab1-mlp --out report/lab1-mlp
+	$(BIN)/dla report runs --out report
+	@echo "open report/index.html in a browser"
 
 test: setup
 	$(BIN)/python -m pytest -q

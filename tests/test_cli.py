@@ -79,7 +79,8 @@ def test_demo_flow_train_eval_predict_report(data_root, tmp_path):
     dla("train", "lab1-mlp", *TINY, "model.hidden=[32]", "run_name=small", env_root=data_root)
     out = dla("report", "runs/lab1-mlp", "--out", "rep", env_root=data_root).stdout
     assert "| lab1-mlp/demo |" in out and "| lab1-mlp/small |" in out
-    assert (tmp_path / "rep" / "curves.png").stat().st_size > 1000
+    assert out.splitlines()[-1] == "wrote rep/index.html"
+    assert (tmp_path / "rep" / "study" / "lab1-mlp.html").stat().st_size > 1000
 
 
 def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(data_root):

@@ -99,36 +99,35 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from dla.report.plots import plot_overlaid
-    from dla.report.tables import markdown_table, run_columns
-    from dla.rundir import find_runs
+    from dla.report.site import build_site
 
-    runs = find_runs(args.runs)
-    rows, histories = [], {}
-    for run in runs:
-        summary = run.read_summary()
-        rows.append({**summary, "name": run.label})
-        if history := run.read_metrics():
-            histories[run.label] = history
-    table = markdown_table(rows, run_columns(rows))
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "table.md").write_text(table)
-    print(table, end="")
-    if histories:
-        plot = plot_overlaid(histories, out / "curves.png")
-        print(f"wrote {out / 'table.md'} and {plot}")
+    site = build_site(args.runs, args.out)
+    print(site.table, end="")
+    print(f"wrote {site.index}")
     return 0
+
+
+def _report_after(args: argparse.Namespace, path: Path) -> None:
+    """After a study command: refresh the HTML report of the runs folder holding `path` (--report), or say how."""
+    runs = Path("runs")
+    root = runs if runs.is_dir() and Path(path).resolve().is_relative_to(runs.resolve()) else Path(path).parent
+    if args.report:
+        from dla.report.site import build_site
+
+        print(f"report: {build_site([root], 'report').index}")
+    else:
+        print(f"to look at the results: dla report {root} --out report")
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     from dla.sweep import run_sweep
 
     try:
-        run_sweep(args.sweep, list(args.overrides), _data_root(args))
+        sweep_dir = run_sweep(args.sweep, list(args.overrides), _data_root(args))
     except KeyboardInterrupt:
         print("\ninterrupted; run the same command again to resume the sweep", file=sys.stderr)
         return 130
+    _report_after(args, sweep_dir)
     return 0
 
 
@@ -156,6 +155,7 @@ def cmd_ood(args: argparse.Namespace) -> int:
         detectors = [d.strip() for d in args.detectors.split(",") if d.strip()]
         run_ood(run, sets, detectors, _data_root(args), n=args.n, odin_t=args.odin_t, odin_eps=args.odin_eps)
     print(f"wrote {run.path / 'ood'}")
+    _report_after(args, run.path)
     return 0
 
 
@@ -167,6 +167,7 @@ def cmd_attack(args: argparse.Namespace) -> int:
     result = run_attack(run, args.method, args.eps, args.steps, args.n, _data_root(args))
     print(result["header"] + result["table"], end="")
     print(f"wrote {result['out']}")
+    _report_after(args, run.path)
     return 0
 
 
@@ -254,14 +255,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=seed_int, default=0)
     p.set_defaults(func=cmd_generate)
 
-    p = sub.add_parser("report", help="a Markdown table and overlaid validation curves of runs")
-    p.add_argument("runs", nargs="+", help="run directories, or folders to search for them")
-    p.add_argument("--out", default="report", help="folder for table.md and curves.png (default: report)")
+    p = sub.add_parser("report", help="an HTML site of runs: tables, interactive curves, every study's figures")
+    p.add_argument("runs", nargs="*", default=["runs"], help="run directories, or folders to search for them (default: runs)")
+    p.add_argument("--out", default="report", help="folder for index.html and its pages (default: report)")
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("sweep", help="run a grid of experiments (e.g. lab1-depth), resumable, with table and plots")
     p.add_argument("sweep", help="sweep name (configs/NAME.yaml with a sweep: section)")
     p.add_argument("overrides", nargs="*", help="key=value for every run, e.g. budget=cpu data=fashion-mnist")
+    p.add_argument("--report", action="store_true", help="then write the HTML report of the runs folder into report/ (as dla report does)")
     p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("gradients", help="gradient-flow plots and summary from runs' gradients.jsonl (Lab 1.3)")
@@ -279,6 +281,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--odin-t", type=positive_float, default=1000.0, help="ODIN temperature (> 0)")
     p.add_argument("--odin-eps", type=nonneg_float, default=0.0014, help="ODIN input perturbation (>= 0)")
     p.add_argument("--odin-grid", action="store_true", help="the T x eps grid, best chosen on a validation half")
+    p.add_argument("--report", action="store_true", help="then write the HTML report of the runs folder into report/ (as dla report does)")
     p.set_defaults(func=cmd_ood)
 
     p = sub.add_parser("attack", help="accuracy under FGSM or PGD attack, table, plot and gallery (Lab 3.2)")
@@ -288,6 +291,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="comma-separated, each in [0, 1], e.g. 0,8/255")
     p.add_argument("--steps", type=positive_int, default=10, help="PGD steps (step size 2.5 eps / steps)")
     p.add_argument("--n", type=positive_int, default=1000, help="test images to attack (default 1000)")
+    p.add_argument("--report", action="store_true", help="then write the HTML report of the runs folder into report/ (as dla report does)")
     p.set_defaults(func=cmd_attack)
 
     from dla.hf.cli import add_hf_parser

@@ -32,6 +32,7 @@ from dla.io import atomic_write
 class RunDir:
     def __init__(self, path: Path):
         self.path = Path(path)
+        self._torn: bool | None = None  # set by read_metrics
 
     config = property(lambda self: self.path / "config.yaml")
     metrics = property(lambda self: self.path / "metrics.jsonl")
@@ -90,9 +91,31 @@ class RunDir:
         atomic_write(self.metrics, lambda tmp: tmp.write_text(text))
 
     def read_metrics(self) -> list[dict[str, Any]]:
+        """The records of metrics.jsonl. A torn last line (a crash mid-write) is skipped and remembered
+        (see `torn_metrics`); an unparsable line before the last is an error naming file and line."""
+        self._torn = False
         if not self.metrics.is_file():
             return []
-        return [json.loads(line) for line in self.metrics.read_text().splitlines() if line.strip()]
+        lines = [(n, line) for n, line in enumerate(self.metrics.read_text().splitlines(), 1) if line.strip()]
+        records = []
+        for i, (n, line) in enumerate(lines):
+            try:
+                record = json.loads(line)
+                if not isinstance(record, dict):
+                    raise ValueError("not a JSON object")
+            except ValueError:
+                if i == len(lines) - 1:
+                    self._torn = True
+                    break
+                raise DlaError(f"{self.metrics}:{n}: not a JSON object; the file is damaged") from None
+            records.append(record)
+        return records
+
+    def torn_metrics(self) -> bool:
+        """Whether the last `read_metrics` skipped a torn (unparsable) last line."""
+        if self._torn is None:
+            self.read_metrics()
+        return bool(self._torn)
 
     def write_summary(self, summary: dict[str, Any]) -> None:
         text = json.dumps(summary, indent=2) + "\n"

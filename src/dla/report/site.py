@@ -1,0 +1,598 @@
+"""`dla report`: a self-contained, interactive HTML site of run directories.
+
+    report/
+      index.html              every study (experiment folder or sweep) with its runs, best run, headline
+      study/<name>.html       sortable table (headline metrics + the config keys that differ), overlaid
+                              curves, the study's figures (sweep plots, gradient flow, attack curves) and
+                              every run's own figures (plots/, ood/, attack/, cam/, samples)
+      run/<name>.html         one run: summary, curves, figures, config, the command that reproduces it
+      assets/                 plotly.min.js (written once, no CDN), report.css, report.js
+      files/                  copied images, so the folder can be zipped and opened anywhere
+
+Interactive plots use plotly: its figures are JSON plus one JavaScript file that works offline,
+with hover values and legend clicks that hide a run. The site is built from run directories only;
+nothing is trained or evaluated.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+import shutil
+import statistics
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from dla.config import IMAGE_CLASSIFIER as IMAGE, LANGUAGE_MODEL as LM, TEXT_CLASSIFIER as TEXT
+from dla.config import load_run_config, run_kind as config_run_kind
+from dla.errors import DlaError
+from dla.io import atomic_dir
+from dla.report.html import CSS, JS, esc, fmt, markdown, markdown_rows, page, sort_key, table
+from dla.report.tables import markdown_table, run_columns
+from dla.rundir import RunDir, find_runs
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".gif", ".svg", ".webp")
+ARTEFACT_FOLDERS = ("plots", "ood", "attack", "cam")  # shown in this order, each under its own heading
+FOLDER_TITLES = {"plots": "Plots", "ood": "Out-of-distribution detection", "attack": "Adversarial attacks",
+                 "cam": "Class activation maps and detection"}
+PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
+           "#bcbd22", "#17becf")
+KIND_TITLES = {IMAGE: "image classifier", LM: "language model", TEXT: "text classifier"}
+
+# (header, summary key, format, higher is better) per run kind; the first is the headline
+COLUMNS = {
+    IMAGE: (("test acc (%)", "test_acc", "pct", True), ("test loss", "test_loss", "float", False),
+              ("best epoch", "best_epoch", "int", None), ("epochs", "epochs_run", "int", None),
+              ("params", "params", "int", None), ("train time (s)", "train_time_s", "time", None)),
+    LM: (("test loss (nats/token)", "test_loss", "float", False), ("test bits/char", "test_bpc", "float", False),
+           ("best val loss", "best_val_loss", "float", False), ("best step", "best_step", "int", None),
+           ("params", "params", "int", None), ("time (s)", "wall_time_s", "time", None)),
+    TEXT: (("test acc (%)", "test_acc", "pct", True), ("test macro-F1", "test_f1", "float", True),
+             ("test loss", "test_loss", "float", False), ("best epoch", "best_epoch", "int", None),
+             ("params", "params", "int", None), ("train time (s)", "train_time_s", "time", None)),
+}
+FALLBACK = {IMAGE: ("best val acc (%)", "best_val_acc", "pct", True),  # an unfinished run has no test metric
+            LM: ("best val loss", "best_val_loss", "float", False),
+            TEXT: ("best val acc (%)", "best_val_acc", "pct", True)}
+
+
+def run_kind(run: RunDir, config: dict[str, Any], summary: dict[str, Any]) -> str:
+    """`dla.config.run_kind` of the run's config; a config this version cannot load (an older dialect)
+    is told apart by its data set and summary instead."""
+    try:
+        return config_run_kind(load_run_config(run))
+    except (DlaError, OSError):
+        pass
+    data = (config.get("data") or {}).get("name")
+    if config.get("kind") == "hf-text-classifier" or data in ("ag_news", "yahoo_answers_topics"):
+        return TEXT
+    if summary.get("unit") == "round" or data == "inferno":
+        return LM
+    return IMAGE
+
+
+def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested mappings as dotted keys (`optim.lr`); lists and scalars are values."""
+    flat: dict[str, Any] = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            flat.update(flatten(value, name + "."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def differing_keys(configs: list[dict[str, Any]], ignore: tuple[str, ...] = ("run_name",)) -> list[str]:
+    """The dotted config keys whose values are not the same in every config (a missing key differs)."""
+    flats = [flatten(c) for c in configs]
+    keys = list(dict.fromkeys(k for f in flats for k in f))
+    missing = object()
+    return [k for k in keys if k not in ignore
+            and len({json.dumps(f.get(k, missing), sort_keys=True, default=repr) for f in flats}) > 1]
+
+
+@dataclass
+class Run:
+    """What the report knows about one run directory."""
+
+    dir: RunDir
+    config: dict[str, Any]
+    summary: dict[str, Any]
+    history: list[dict[str, Any]]
+    torn: bool
+    kind: str
+    slug: str = ""
+    name: str = ""  # its name within its study
+
+    @property
+    def status(self) -> str:
+        return self.summary.get("status", "no summary")
+
+    def value(self, key: str) -> Any:
+        return self.summary.get(key)
+
+
+@dataclass
+class Study:
+    """An experiment folder (runs/<experiment>/) or a sweep folder (runs/<sweep>/<tag>/)."""
+
+    folder: Path
+    runs: list[Run] = field(default_factory=list)
+    sweep: dict[str, Any] | None = None
+    slug: str = ""
+
+    @property
+    def title(self) -> str:
+        return self.sweep["sweep"] if self.sweep else self.folder.name
+
+    @property
+    def kind(self) -> str:
+        kinds = [r.kind for r in self.runs]
+        return max(set(kinds), key=kinds.count)
+
+
+@dataclass
+class SiteResult:
+    index: Path
+    table: str  # the Markdown table of every run, for the terminal
+
+
+def load_run(run: RunDir) -> Run:
+    try:
+        config = yaml.safe_load(run.config.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise DlaError(f"{run.config}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    try:
+        summary = run.read_summary()
+    except ValueError:
+        raise DlaError(f"{run.summary}: not valid JSON; the file is damaged") from None
+    history = run.read_metrics()
+    config = config if isinstance(config, dict) else {}
+    return Run(run, config, summary, history, run.torn_metrics(), run_kind(run, config, summary))
+
+
+def group_studies(runs: list[Run]) -> list[Study]:
+    """Runs grouped by their parent folder; a parent with sweep.yaml is a sweep."""
+    studies: dict[Path, Study] = {}
+    for run in runs:
+        folder = run.dir.path.parent
+        if folder not in studies:
+            sweep_file = folder / "sweep.yaml"
+            sweep = yaml.safe_load(sweep_file.read_text()) if sweep_file.is_file() else None
+            studies[folder] = Study(folder, sweep=sweep if isinstance(sweep, dict) and "sweep" in sweep else None)
+        run.name = run.dir.name
+        studies[folder].runs.append(run)
+    used: set[str] = set()
+    for study in studies.values():
+        study.runs.sort(key=lambda r: _natural(r.name))  # Depth-9 before Depth-17
+        study.slug = _unique(_slug(study.title), used)
+        for run in study.runs:
+            run.slug = _unique(_slug(f"{study.title}-{run.name}"), used)
+    return list(studies.values())
+
+
+def _natural(text: str) -> list[Any]:
+    return [(0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", text)]
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-.")[:80] or "x"
+
+
+def _unique(slug: str, used: set[str]) -> str:
+    candidate, n = slug, 1
+    while candidate in used:
+        n += 1
+        candidate = f"{slug}-{n}"
+    used.add(candidate)
+    return candidate
+
+
+def headline(run: Run) -> tuple[str, str, str, bool]:
+    """(header, key, format, higher is better) of the run's headline metric: the test metric, else the best val."""
+    first = COLUMNS[run.kind][0]
+    return first if run.value(first[1]) is not None else FALLBACK[run.kind]
+
+
+def best_run(study: Study) -> Run | None:
+    scored = [(r, headline(r)) for r in study.runs]
+    scored = [(r, h) for r, h in scored if isinstance(r.value(h[1]), (int, float))]
+    if not scored:
+        return None
+    return max(scored, key=lambda rh: rh[0].value(rh[1][1]) * (1 if rh[1][3] else -1))[0]
+
+
+def build_site(paths: list[str | Path], out: str | Path) -> SiteResult:
+    """Write the report folder `out` (atomically) from the runs under `paths`; return its index.html."""
+    runs = [load_run(r) for r in find_runs(paths)]
+    studies = group_studies(runs)
+    out = Path(out)
+    with atomic_dir(out) as tmp:
+        assets = tmp / "assets"
+        assets.mkdir()
+        from plotly.offline import get_plotlyjs
+
+        (assets / "plotly.min.js").write_text(get_plotlyjs())
+        (assets / "report.css").write_text(CSS)
+        (assets / "report.js").write_text(JS)
+        (tmp / "study").mkdir()
+        (tmp / "run").mkdir()
+        for study in studies:
+            (tmp / "study" / f"{study.slug}.html").write_text(study_page(study, tmp))
+            for run in study.runs:
+                (tmp / "run" / f"{run.slug}.html").write_text(run_page(run, study, tmp))
+        (tmp / "index.html").write_text(index_page(studies, paths))
+        written = {p.relative_to(tmp) for p in tmp.rglob("*") if p.is_file()}
+    for folder in ("study", "run", "files"):  # pages and copies of runs no longer reported; other files stay
+        for path in sorted((out / folder).rglob("*"), reverse=True):
+            if path.is_file() and path.relative_to(out) not in written:
+                path.unlink()
+            elif path.is_dir() and not any(path.iterdir()):
+                path.rmdir()
+    rows = [{**r.summary, "name": r.dir.label} for r in runs]
+    return SiteResult(out / "index.html", markdown_table(rows, run_columns(rows)))
+
+
+# ---------------------------------------------------------------- pages
+
+def index_page(studies: list[Study], paths: list[str | Path]) -> str:
+    n_runs = sum(len(s.runs) for s in studies)
+    rows = []
+    for study in studies:
+        best = best_run(study)
+        head = headline(best) if best else None
+        torn = sum(r.torn for r in study.runs)
+        unfinished = sum(r.status not in ("completed", "stopped early") for r in study.runs)
+        badges = "".join(f'<span class="badge">{esc(b)}</span>' for b in study_contents(study))
+        if unfinished:
+            badges += f'<span class="badge warn">{unfinished} unfinished</span>'
+        if torn:
+            badges += f'<span class="badge bad">{torn} torn metrics</span>'
+        data = ", ".join(sorted({str(r.value("data")) for r in study.runs if r.value("data")}))
+        where = study.folder.name if study.sweep else ""
+        rows.append([
+            (f'<a href="study/{study.slug}.html">{esc(study.title)}</a>'
+             + (f' <span class="muted" title="{esc(where)}">({esc(_short(where, 40))})</span>' if where else ""),
+             study.title),
+            (esc("sweep of " + KIND_TITLES[study.kind] + "s" if study.sweep else KIND_TITLES[study.kind]), study.kind),
+            (str(len(study.runs)), str(len(study.runs))),
+            (f'<a href="run/{best.slug}.html">{esc(best.name)}</a>' if best else "–", best.name if best else ""),
+            (f"{esc(head[0])} <b>{fmt(best.value(head[1]), head[2])}</b>" if best else "–",
+             sort_key(best.value(head[1])) if best else ""),
+            (esc(data), data),
+            (f'<div class="badges">{badges}</div>', ""),
+        ])
+    body = (f"<h1>Runs</h1><p class=lead>{n_runs} runs in {len(studies)} studies, from "
+            f"{esc(', '.join(map(str, paths)))}; written {time.strftime('%Y-%m-%d %H:%M')}. "
+            "Click a study for its table, curves and figures; click a column to sort.</p>"
+            + '<div class="scroll">'
+            + table(["study", "kind", "runs", "best run", "headline (best run)", "data", "contents"], rows,
+                    numeric=[False, False, True])
+            + "</div>")
+    return page("Runs", body, depth=0)
+
+
+def study_contents(study: Study) -> list[str]:
+    """Short labels of what a study's page shows beyond the table and curves."""
+    files = (("gradient flow", "gradients.jsonl"), ("OOD", "ood"), ("attacks", "attack"), ("CAM", "cam"),
+             ("samples", "sample.txt"), ("confusion matrix", "plots/confusion.png"))
+    found = ["sweep plot"] if study.sweep and _sweep_images(study) else []
+    return found + [label for label, name in files if any((r.dir.path / name).exists() for r in study.runs)]
+
+
+def study_page(study: Study, root: Path) -> str:
+    configs = [r.config for r in study.runs]
+    diff = differing_keys(configs) if len(configs) > 1 else []
+    best = best_run(study)
+    columns = COLUMNS[study.kind]
+    head = ["run", "status", *(c[0] for c in columns), *(f"<code>{esc(k)}</code>" for k in diff)]
+    rows = []
+    for run in study.runs:
+        flat = flatten(run.config)
+        status = esc(run.status) + (' <span class="badge bad">torn metrics</span>' if run.torn else "")
+        row = [(f'<a href="../run/{run.slug}.html">{esc(run.name)}</a>' + (" ★" if run is best else ""), run.name),
+               (status, run.status)]
+        row += [(fmt(run.value(key), f), sort_key(run.value(key))) for _, key, f, _ in columns]
+        row += [(esc(fmt(flat.get(k), "str")), sort_key(flat.get(k))) for k in diff]
+        rows.append(row)
+    numeric = [False, False, *(True for _ in columns), *(isinstance(flatten(configs[0]).get(k), (int, float)) for k in diff)]
+    parts = [f"<h1>{esc(study.title)}</h1>", study_lead(study)]
+    if best:
+        h = headline(best)
+        parts.append(f'<div class="cards"><div class="card"><div class="k">best run</div><div class="headline">'
+                     f'<a href="../run/{best.slug}.html">{esc(best.name)}</a></div></div>'
+                     f'<div class="card"><div class="k">{esc(h[0])}</div><div class="headline">{fmt(best.value(h[1]), h[2])}'
+                     f'</div></div><div class="card"><div class="k">runs</div><div class="headline">{len(study.runs)}'
+                     "</div></div></div>")
+    if any(r.torn for r in study.runs):
+        parts.append('<p class="note">A run marked <b>torn metrics</b> ended its metrics.jsonl with a partial line '
+                     "(a crash mid-write); that line is left out.</p>")
+    parts.append("<h2>Runs</h2>")
+    if diff:
+        parts.append(f'<p class="muted">Shaded columns are the config keys that differ between runs; '
+                     f"the {len(flatten(configs[0])) - len(diff)} shared keys are folded below. Click a column to sort.</p>")
+    table_html = table(head, rows, numeric=numeric)
+    table_html = _shade_config_headers(table_html, len(columns) + 2)
+    parts.append(f'<div class="scroll">{table_html}</div>')
+    parts.append(shared_config(configs, diff))
+    figures = []
+    if any(r.history for r in study.runs):
+        figures.append(("Training curves", curves_div(study.runs, f"curves-{study.slug}")))
+    for title, html_ in study_figures(study, root):
+        figures.append((title, html_))
+    for title, html_ in figures:
+        parts.append(f"<h2>{esc(title)}</h2>{html_}")
+    per_run = [(run, run_artefacts(run, root, "../")) for run in study.runs]
+    per_run = [(run, html_) for run, html_ in per_run if html_]
+    if per_run:
+        parts.append("<h2>Each run's figures</h2>")
+        for run, html_ in per_run:
+            parts.append(f'<details{" open" if len(per_run) <= 3 else ""}><summary>{esc(run.name)}</summary>{html_}'
+                         f'<p><a href="../run/{run.slug}.html">run page →</a></p></details>')
+    return page(study.title, "\n".join(parts), depth=1, plotly=bool(figures), crumbs=[(study.title, "")])
+
+
+def _shade_config_headers(table_html: str, first: int) -> str:
+    """Mark the config-key columns' headers (every <th> from index `first`)."""
+    count = [0]
+
+    def mark(m: re.Match) -> str:
+        count[0] += 1
+        return '<th class="cfg"' if count[0] > first else m.group(0)
+
+    return re.sub(r"<th(?= )", mark, table_html)
+
+
+def study_lead(study: Study) -> str:
+    """One line of what the study is, and for a sweep the command that reruns or resumes it."""
+    folder = f'<span class="muted">in <code>{esc(study.folder)}</code></span>'
+    if not study.sweep:
+        n = len(study.runs)
+        return f'<p class="lead">{n} {esc(KIND_TITLES[study.kind])} run{"s" if n > 1 else ""} {folder}</p>'
+    grid = ", ".join(f"<code>{esc(k)}</code> ∈ {{{esc(', '.join(fmt(x, 'str') for x in v))}}}"
+                     for k, v in (study.sweep.get("grid") or {}).items())
+    command = shlex.join(["dla", "sweep", str(study.sweep["sweep"]), *map(str, study.sweep.get("overrides") or [])])
+    return (f'<p class="lead">Sweep over {grid}, each run from <code>{esc(study.sweep.get("base", ""))}</code>; '
+            f'{len(study.runs)} runs {folder}</p>'
+            f'<details><summary>Rerun or resume this sweep</summary><pre class="cmd">{esc(command)}</pre></details>')
+
+
+def shared_config(configs: list[dict[str, Any]], diff: list[str]) -> str:
+    flat = flatten(configs[0]) if configs else {}
+    shared = {k: v for k, v in flat.items() if k not in diff}
+    if not shared:
+        return ""
+    rows = [[(f"<code>{esc(k)}</code>", k), (esc(fmt(v, "str")), sort_key(v))] for k, v in shared.items()]
+    label = "Config shared by every run" if len(configs) > 1 else "Config"
+    return f"<details><summary>{label} ({len(shared)} keys)</summary>{table(['key', 'value'], rows, 'plain')}</details>"
+
+
+def run_page(run: Run, study: Study, root: Path) -> str:
+    parts = [f"<h1>{esc(run.dir.label)}</h1>",
+             f'<p class="lead">{esc(KIND_TITLES[run.kind])} · status <b>{esc(run.status)}</b> · '
+             f"<code>{esc(run.dir.path)}</code></p>"]
+    if run.torn:
+        parts.append(f'<p class="note"><b>Torn metrics:</b> the last line of <code>{esc(run.dir.metrics)}</code> is not '
+                     "valid JSON (the run stopped mid-write); the curves show the lines before it.</p>")
+    cards = [(h, fmt(run.value(k), f)) for h, k, f, _ in COLUMNS[run.kind] if run.value(k) is not None]
+    if cards:
+        parts.append('<div class="cards">' + "".join(
+            f'<div class="card"><div class="k">{esc(h)}</div><div class="headline">{v}</div></div>' for h, v in cards)
+            + "</div>")
+    parts.append("<h2>Reproduce</h2>" + f'<pre class="cmd">{esc(reproduce_command(run))}</pre>')
+    if run.summary.get("resume_with"):
+        parts.append(f'<p>Resume: <code>{esc(run.summary["resume_with"])}</code></p>')
+    plotly = bool(run.history)
+    if run.history:
+        parts.append("<h2>Training curves</h2>" + curves_div([run], f"curves-{run.slug}"))
+    gradients = gradient_flow([run])
+    if gradients:
+        plotly = True
+        parts.append("<h2>Gradient flow</h2>" + gradients)
+    attack = attack_curves([run])
+    if attack:
+        plotly = True
+        parts.append("<h2>Accuracy under attack</h2>" + attack)
+    artefacts = run_artefacts(run, root, "../")
+    if artefacts:
+        parts.append(artefacts)
+    summary_rows = [[(f"<code>{esc(k)}</code>", k), (esc(fmt(v, "str")), sort_key(v))] for k, v in run.summary.items()]
+    if summary_rows:
+        parts.append("<h2>Summary</h2>" + f'<details open><summary>summary.json</summary>'
+                     f'{table(["key", "value"], summary_rows, "plain")}</details>')
+    parts.append("<h2>Config</h2><details><summary>config.yaml (resolved)</summary><pre>"
+                 + esc(run.dir.config.read_text()) + "</pre></details>")
+    crumbs = [(study.title, f"../study/{study.slug}.html"), (run.name, "")]
+    return page(run.dir.label, "\n".join(parts), depth=1, plotly=plotly, crumbs=crumbs)
+
+
+def reproduce_command(run: Run) -> str:
+    """The command that trains the same run again from its resolved config."""
+    return shlex.join(["dla", "train", str(run.dir.config)])
+
+
+# ---------------------------------------------------------------- figures
+
+def run_artefacts(run: Run, root: Path, up: str) -> str:
+    """The run's own figures and tables (plots/, ood/, attack/, cam/, sample.txt), images copied into root/files."""
+    parts = []
+    for folder in ARTEFACT_FOLDERS:
+        src = run.dir.path / folder
+        if not src.is_dir():
+            continue
+        images, notes = [], []
+        for path in sorted((p for p in src.rglob("*") if p.is_file()), key=lambda p: (p.name != "table.md", p)):
+            rel = path.relative_to(run.dir.path)
+            if path.suffix.lower() in IMAGE_SUFFIXES:
+                if rel.as_posix() == "plots/curves.png" and run.history:
+                    continue  # the interactive curves show the same
+                target = root / "files" / run.slug / rel
+                if not target.exists():
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copy2(path, target)
+                href = f"{up}files/{run.slug}/{rel.as_posix()}"
+                images.append(f'<figure><a href="{esc(href)}"><img src="{esc(href)}" alt="{esc(rel)}"></a>'
+                              f"<figcaption>{esc(_caption(rel))}</figcaption></figure>")
+            elif path.suffix == ".md":
+                notes.append(f'<div class="scroll">{markdown(path.read_text(errors="replace"))}</div>')
+        if images or notes:
+            parts.append(f"<h3>{FOLDER_TITLES[folder]}</h3>" + "".join(notes)
+                         + (f'<div class="gallery">{"".join(images)}</div>' if images else ""))
+    if run.dir.sample.is_file():
+        parts.append("<h3>Generated sample</h3><pre>" + esc(run.dir.sample.read_text(errors="replace")) + "</pre>")
+    return "\n".join(parts)
+
+
+def _caption(rel: Path) -> str:
+    names = {"hist": "ID vs OOD score histograms", "roc_pr": "ROC and precision-recall", "odin_heatmap":
+             "ODIN AUROC over T × ε", "odin_auroc_vs_eps": "ODIN AUROC against ε", "confusion": "confusion matrix"}
+    stem = rel.stem
+    for key, text in names.items():
+        if stem == key or stem.startswith(key + "_"):
+            rest = stem[len(key) + 1:]
+            return f"{text}{': ' + rest if rest else ''}"
+    if m := re.fullmatch(r"(fgsm|pgd)_(accuracy|gallery)", stem):
+        return f"{m.group(1).upper()} {'accuracy against ε' if m.group(2) == 'accuracy' else 'gallery'}"
+    return rel.as_posix()
+
+
+def _sweep_images(study: Study) -> list[Path]:
+    return sorted(p for p in study.folder.iterdir()
+                  if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and p.name != "curves.png")
+
+
+def study_figures(study: Study, root: Path) -> list[tuple[str, str]]:
+    figures = []
+    if study.sweep:
+        images = []
+        for path in _sweep_images(study):
+            target = root / "files" / study.slug / path.name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(path, target)
+            href = f"../files/{study.slug}/{path.name}"
+            images.append(f'<figure><a href="{esc(href)}"><img src="{esc(href)}" alt="{esc(path.name)}"></a>'
+                          f"<figcaption>{esc(path.name)}</figcaption></figure>")
+        if images:
+            figures.append(("Sweep plot", f'<div class="gallery">{"".join(images)}</div>'))
+    if gradients := gradient_flow(study.runs):
+        figures.append(("Gradient flow", gradients))
+    if attack := attack_curves(study.runs):
+        figures.append(("Accuracy under attack", attack))
+    return figures
+
+
+def _plot_html(fig: Any, div_id: str) -> str:
+    return fig.to_html(full_html=False, include_plotlyjs=False, div_id=div_id,
+                       config={"displaylogo": False, "responsive": True})
+
+
+def _x_key(run: Run) -> str:
+    return "step" if run.kind == LM else "epoch"
+
+
+def curves_div(runs: list[Run], div_id: str) -> str:
+    """Train (dotted) and validation (solid) loss and accuracy/bits-per-char; a legend entry per run."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    second = "acc" if any("val_acc" in r for run in runs for r in run.history) else "bpc"
+    panels = [("loss", "loss", 1.0), (second, "accuracy (%)" if second == "acc" else "bits per char",
+                                       100.0 if second == "acc" else 1.0)]
+    xs = {_x_key(r) for r in runs}
+    x_title = "epoch" if xs == {"epoch"} else "step"
+    fig = make_subplots(rows=1, cols=2, subplot_titles=[p[1] for p in panels], horizontal_spacing=0.08)
+    for i, run in enumerate(runs):
+        color, x = PALETTE[i % len(PALETTE)], _x_key(run)
+        shown = False
+        for split, dash in (("val", "solid"), ("train", "dot")):
+            for col, (metric, label, scale) in enumerate(panels, 1):
+                points = [(r[x], r[f"{split}_{metric}"] * scale) for r in run.history
+                          if isinstance(r.get(f"{split}_{metric}"), (int, float)) and x in r]
+                if not points:
+                    continue
+                fig.add_trace(go.Scatter(
+                    x=[p[0] for p in points], y=[p[1] for p in points], mode="lines+markers",
+                    name=run.name, legendgroup=run.slug, showlegend=not shown,
+                    line={"color": color, "dash": dash, "width": 2 if split == "val" else 1.5},
+                    marker={"size": 5}, hovertemplate=f"{esc(run.name)}<br>{split} {label}: %{{y:.4f}}<br>"
+                                                      f"{x} %{{x}}<extra></extra>"), row=1, col=col)
+                shown = True
+    fig.update_xaxes(title_text=x_title)
+    last = max((r.get(x_title, 0) for run in runs for r in run.history), default=0)
+    if x_title == "epoch" and last <= 25:
+        fig.update_xaxes(dtick=1)  # whole epochs, not 1.2, 1.4, ...
+    fig.update_layout(template="plotly_white", height=400, margin={"l": 50, "r": 20, "t": 40, "b": 50},
+                      legend={"title": {"text": "run (click to hide)"}}, hovermode="closest")
+    note = '<p class="muted">Solid: validation · dotted: training. Hover for values; click a run in the legend to hide it, double-click to show it alone.</p>'
+    return note + _plot_html(fig, div_id)
+
+
+def gradient_flow(runs: list[Run]) -> str:
+    """Median gradient norm per layer (input to output) over the logged steps of gradients.jsonl, a line per run."""
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    for i, run in enumerate(runs):
+        path = run.dir.path / "gradients.jsonl"
+        if not path.is_file():
+            continue
+        records = []
+        for line in path.read_text().splitlines():
+            try:
+                records.append(json.loads(line))
+            except ValueError:
+                continue  # a torn line: gradients are a diagnostic, the others still tell the story
+        layers = list(records[0]["layers"]) if records else []
+        if not layers:
+            continue
+        medians = [statistics.median(r["layers"][n]["grad"] for r in records if n in r.get("layers", {})) for n in layers]
+        fig.add_trace(go.Scatter(x=list(range(1, len(layers) + 1)), y=medians, text=layers, mode="lines+markers",
+                                 name=run.name, line={"color": PALETTE[i % len(PALETTE)]},
+                                 hovertemplate=f"{esc(run.name)}<br>layer %{{x}} (%{{text}})<br>median grad norm %{{y:.3g}}<extra></extra>"))
+    if not fig.data:
+        return ""
+    fig.update_layout(template="plotly_white", height=380, margin={"l": 60, "r": 20, "t": 20, "b": 50},
+                      xaxis_title="layer (input → output)", yaxis_title="gradient norm (median over steps)",
+                      yaxis_type="log", legend={"title": {"text": "run (click to hide)"}})
+    names = max((list(t.text) for t in fig.data), key=len)
+    if len(names) <= 24:  # name the layers on the axis when they fit
+        fig.update_xaxes(tickvals=list(range(1, len(names) + 1)), ticktext=names)
+    note = '<p class="muted">From each run\'s gradients.jsonl (<code>train.grad_stats_every</code>); a line that falls towards the input means vanishing gradients.</p>'
+    return note + _plot_html(fig, f"gradients-{runs[0].slug}-{len(runs)}")
+
+
+def attack_curves(runs: list[Run]) -> str:
+    """Test accuracy against ε (in 1/255) from RUN/attack/<method>.md, a line per run and method."""
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    for i, run in enumerate(runs):
+        for path in sorted((run.dir.path / "attack").glob("*.md")):
+            points = []
+            for row in markdown_rows(path.read_text(errors="replace")):
+                try:
+                    points.append((float(row["eps x 255"]), float(row["accuracy (%)"])))
+                except (KeyError, ValueError):
+                    continue
+            if points:
+                name = f"{run.name} · {path.stem.upper()}" if len(runs) > 1 else path.stem.upper()
+                fig.add_trace(go.Scatter(x=[p[0] for p in points], y=[p[1] for p in points], mode="lines+markers",
+                                         name=name, line={"color": PALETTE[i % len(PALETTE)],
+                                                          "dash": "solid" if path.stem == "fgsm" else "dash"},
+                                         hovertemplate=f"{esc(name)}<br>ε %{{x}}/255: %{{y:.1f}}%<extra></extra>"))
+    if not fig.data:
+        return ""
+    fig.update_layout(template="plotly_white", height=360, margin={"l": 60, "r": 20, "t": 20, "b": 50},
+                      xaxis_title="ε (× 1/255)", yaxis_title="test accuracy (%)",
+                      legend={"title": {"text": "click to hide"}})
+    return _plot_html(fig, f"attack-{runs[0].slug}-{len(runs)}")
+
+
+def _short(text: str, n: int) -> str:
+    return text if len(text) <= n else text[: n - 1] + "…"
