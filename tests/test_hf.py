@@ -410,3 +410,16 @@ def test_finetune_under_torchrun_matches_one_process(tiny_bert, tmp_path):
         for key in ("train_loss", "train_acc", "val_loss", "val_acc", "val_f1"):
             assert a[key] == pytest.approx(b[key], abs=2e-3), (key, a, b)
     assert ddp.read_summary()["test_acc"] == pytest.approx(single.read_summary()["test_acc"], abs=5e-3)
+
+
+def test_yahoo_input_is_the_originals_title_and_content_lowercased():
+    from dla.data.topics import yahoo_texts
+
+    columns = {"question_title": ["Why  is the SKY blue?", "Best pizza?"],
+               "question_content": ["I wonder\nwhy.", ""], "best_answer": ["Rayleigh scattering.", "Naples"]}
+    cfg = load_experiment("lab2-finetune-yahoo")
+    assert (cfg.data.fields, cfg.data.lowercase, cfg.data.max_length) == (["title", "content"], True, 128)
+    assert yahoo_texts(columns, cfg.data.fields, cfg.data.lowercase) == ["why is the sky blue? i wonder why.", "best pizza?"]
+    assert yahoo_texts(columns, ["title", "content", "answer"], False)[1] == "Best pizza? Naples"
+    with pytest.raises(ConfigError, match="data.fields"):
+        load_experiment("lab2-finetune-yahoo", ["data.fields=[title,question]"])

@@ -82,9 +82,13 @@ class TopicDataConfig:
     max_length: int | None = None  # tokens; None: the length_percentile of the training texts, capped at the model's
     length_percentile: float = 99.0
     group_by_length: bool = True  # batches of similar lengths (shuffled), so dynamic padding pads little
+    fields: list[str] = field(default_factory=lambda: ["title", "content"])  # yahoo: of title, content, answer
+    lowercase: bool = True  # yahoo: lowercase the text, as the original
 
     def validate(self) -> None:
         check_positive(self, "train_size", "val_size", "test_size", "max_length", prefix="data.")
+        if not self.fields or len(set(self.fields)) < len(self.fields) or set(self.fields) - {"title", "content", "answer"}:
+            raise ConfigError(f"data.fields: distinct names of title, content, answer, got {self.fields}")
         if len(self.split_sizes) != 3 or min(self.split_sizes) <= 0:
             raise ConfigError(f"data.split_sizes: three positive sizes train,val,test, got {self.split_sizes}")
         if not 50 <= self.length_percentile <= 100:

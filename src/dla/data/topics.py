@@ -153,8 +153,21 @@ def _subset(labels: np.ndarray, size: int | None, seed: int) -> np.ndarray:
     return stratified_split(labels, [size, len(labels) - size], seed)[0]
 
 
+YAHOO_FIELDS = {"title": "question_title", "content": "question_content", "answer": "best_answer"}
+
+
+def yahoo_texts(columns: dict[str, list[str]], fields: list[str], lowercase: bool) -> list[str]:
+    """One text per question: the chosen fields (of title, content, answer) joined by a space, whitespace
+    collapsed, lowercased if asked. The original's input is fields [title, content], lowercased."""
+    texts = []
+    for parts in zip(*(columns[YAHOO_FIELDS[f]] for f in fields)):
+        text = re.sub(r"\s+", " ", " ".join(p for p in parts if p)).strip()
+        texts.append(text.lower() if lowercase else text)
+    return texts
+
+
 def load_yahoo(cfg: TopicDataConfig) -> TopicData:
-    """Yahoo! Answers Topics from the Hub: title + content + best answer, val carved from train."""
+    """Yahoo! Answers Topics from the Hub: the `data.fields` of each question, val carved from train."""
     from dla.hf.hub import offline_var, unavailable
 
     try:
@@ -174,9 +187,8 @@ def load_yahoo(cfg: TopicDataConfig) -> TopicData:
 
     def split(name: str) -> tuple[list[str], np.ndarray]:
         part = ds[name]
-        texts = [" ".join(s.strip() for s in parts if s and s.strip())
-                 for parts in zip(part["question_title"], part["question_content"], part["best_answer"])]
-        return texts, np.asarray(part["topic"], dtype=np.int64)
+        columns = {YAHOO_FIELDS[f]: part[YAHOO_FIELDS[f]] for f in cfg.fields}
+        return yahoo_texts(columns, cfg.fields, cfg.lowercase), np.asarray(part["topic"], dtype=np.int64)
 
     texts, labels = split("train")
     keep = _subset(labels, None if cfg.train_size is None else cfg.train_size + cfg.val_size, cfg.split_seed)
@@ -184,7 +196,8 @@ def load_yahoo(cfg: TopicDataConfig) -> TopicData:
     train, val = _take(texts, labels, keep[train_idx]), _take(texts, labels, keep[val_idx])
     test_texts, test_labels = split("test")
     test = _take(test_texts, test_labels, _subset(test_labels, cfg.test_size, cfg.split_seed))
-    source = f"Yahoo! Answers Topics (train {len(train)}, val {len(val)} from train; test {len(test)})"
+    source = (f"Yahoo! Answers Topics ({' + '.join(cfg.fields)}{', lowercased' if cfg.lowercase else ''}; "
+              f"train {len(train)}, val {len(val)} from train; test {len(test)})")
     return TopicData(train, val, test, YAHOO_CLASSES, source, {"hub_id": cfg.hub_id})
 
 
