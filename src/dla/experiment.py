@@ -128,6 +128,8 @@ def train(
         if main and isinstance(data, TextData):
             data.tokenizer.save(run.tokenizer)
     accelerator.wait_for_everyone()
+    if accelerator.process_index > 0:  # own dropout masks in each process; rank 0 keeps the 1-process stream
+        torch.manual_seed(cfg.seed + 7919 * accelerator.process_index + state.step)
 
     model = torch.compile(raw_model) if cfg.train.compile and can_compile(accelerator.device, main) else raw_model
     model, optimizer = accelerator.prepare(model, optimizer)
