@@ -7,31 +7,16 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
+from dla.report.tables import format_cell
+
 
 def esc(value: Any) -> str:
     return html.escape(str(value), quote=True)
 
 
 def fmt(value: Any, kind: str) -> str:
-    """A cell's text: pct (a fraction shown as %), float, sci, int, time (s), str; None is a dash."""
-    if value is None or value == "":
-        return "–"
-    try:
-        if kind == "pct":
-            return f"{100 * value:.2f}"
-        if kind == "float":
-            return f"{value:.4f}"
-        if kind == "sci":
-            return f"{value:.3g}"
-        if kind == "int":
-            return f"{int(value):,}"
-        if kind == "time":
-            return f"{value:.1f}"
-    except (TypeError, ValueError):
-        pass
-    if isinstance(value, bool):
-        return str(value).lower()
-    return str(value)
+    """A cell's text as the Markdown tables write it (`format_cell`), with an en dash for a missing value."""
+    return format_cell(value, kind, missing="–")
 
 
 def sort_key(value: Any) -> str:

@@ -8,19 +8,25 @@ from typing import Any
 from dla.config import LANGUAGE_MODEL
 
 
-def _fmt(value: Any, kind: str) -> str:
-    if value is None:
-        return "-"
-    if kind == "pct":
-        return f"{100 * value:.2f}"
-    if kind == "float":
-        return f"{value:.4f}"
-    if kind == "sci":
-        return f"{value:.3g}"
-    if kind == "int":
-        return f"{value:,}"
-    if kind == "time":
-        return f"{value:.1f}"
+def format_cell(value: Any, kind: str, missing: str = "-") -> str:
+    """A cell's text: pct (a fraction shown as %), float, sci, int, time (s), str; None (or "") is `missing`."""
+    if value is None or value == "":
+        return missing
+    try:
+        if kind == "pct":
+            return f"{100 * value:.2f}"
+        if kind == "float":
+            return f"{value:.4f}"
+        if kind == "sci":
+            return f"{value:.3g}"
+        if kind == "int":
+            return f"{int(value):,}"
+        if kind == "time":
+            return f"{value:.1f}"
+    except (TypeError, ValueError):
+        pass
+    if isinstance(value, bool):
+        return str(value).lower()
     return str(value)
 
 
@@ -61,5 +67,5 @@ def markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[tuple[str, 
     """Rows of dicts as a Markdown table; `columns` is (header, key, format) with format str/int/float/sci/pct/time."""
     head = "| " + " | ".join(h for h, _, _ in columns) + " |"
     rule = "|" + "|".join("---" if k == "str" else "---:" for _, _, k in columns) + "|"
-    body = ["| " + " | ".join(_fmt(r.get(key), kind) for _, key, kind in columns) + " |" for r in rows]
+    body = ["| " + " | ".join(format_cell(r.get(key), kind) for _, key, kind in columns) + " |" for r in rows]
     return "\n".join([head, rule, *body]) + "\n"
