@@ -116,7 +116,7 @@ def test_weights_are_safetensors_and_mismatch_is_reported(tmp_path):
     with pytest.raises(CheckpointError, match="net.1.weight has shape \\(8, 16\\) in the file but \\(9, 16\\)"):
         load_weights(other, tmp_path / "w.safetensors")
     (tmp_path / "junk.safetensors").write_bytes(b"not a tensor file")
-    with pytest.raises(CheckpointError, match="not a readable safetensors file"):
+    with pytest.raises(CheckpointError, match="damaged or not a safetensors file"):
         load_weights(model, tmp_path / "junk.safetensors")
 
 
