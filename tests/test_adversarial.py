@@ -63,6 +63,7 @@ def test_parse_eps():
         parse_eps("8/0")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["fgsm_rs", "pgd"])
 def test_adversarial_training_end_to_end_and_dla_attack(data_root, method, monkeypatch):
     cfg = tiny_config("run_name=adv", f"train.adversarial={method}", "train.adv_eps=0.1", "train.adv_steps=2",

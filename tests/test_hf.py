@@ -270,6 +270,7 @@ def tiny_overrides(model) -> list[str]:
             "train.precision=fp32"]
 
 
+@pytest.mark.slow
 def test_tiny_finetune_beats_chance_and_writes_a_run(tiny_bert, capsys):
     need(AG_NEWS, "the shared AG News test split")
     cfg = load_experiment("lab2-finetune-agnews", [*tiny_overrides(tiny_bert), "train.patience=null"])

@@ -41,6 +41,7 @@ def dla(*args, root, check=True):
     return result
 
 
+@pytest.mark.slow
 def test_char_run_learns_keeps_best_weights_and_scores_test(text_root, tmp_path):
     cfg = load_experiment("lab2-gpt-char", [*SMOKE, "train.max_steps=60", "optim.lr=1e-2", "track.tracker=tensorboard"])
     run = experiment.train(cfg, text_root, run_path=tmp_path / "run")
@@ -73,6 +74,7 @@ class StopAt(Callback):
             raise KeyboardInterrupt
 
 
+@pytest.mark.slow
 def test_interrupted_lm_run_resumes_to_the_same_result(text_root, tmp_path):
     overrides = [*SMOKE, "train.max_steps=40"]
     full = experiment.train(load_experiment("lab2-gpt-char", overrides), text_root, run_path=tmp_path / "full")
@@ -102,6 +104,7 @@ def test_language_model_config_errors_are_clear(text_root):
         load_experiment("lab2-gpt-char", ["data.tokenizer=word"])
 
 
+@pytest.mark.slow
 def test_cli_train_generate_eval_bpe(text_root, tmp_path):
     runs = tmp_path / "runs"
     dla("train", "lab2-gpt-bpe", *SMOKE, f"runs_dir={runs}", "run_name=bpe", root=text_root)
@@ -124,6 +127,7 @@ def test_cli_train_generate_eval_bpe(text_root, tmp_path):
     assert bad.returncode != 0 and len(bad.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.slow
 def test_head_sweep_writes_the_lm_table(text_root, tmp_path):
     dla("sweep", "lab2-heads", *SMOKE, "model.n_embd=32", f"runs_dir={tmp_path / 'runs'}", root=text_root)
     sweep_dir = next((tmp_path / "runs" / "lab2-heads").iterdir())

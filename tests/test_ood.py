@@ -113,6 +113,7 @@ def fashion_run(data_root, tmp_path):
     return experiment.train(cfg, data_root)
 
 
+@pytest.mark.slow
 def test_dla_ood_writes_table_and_plots(fashion_run, data_root):
     rows = run_ood(fashion_run, ["mnist", "noise-uniform", "heldout"], list(ood.DETECTORS), data_root, n=200)
     assert len(rows) == 3 * len(ood.DETECTORS)

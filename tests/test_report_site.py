@@ -189,6 +189,7 @@ def test_site_in_headless_chromium(runs, tmp_path_factory):
     assert (shots / "index.png").stat().st_size > 10_000 and (shots / "sweep.png").stat().st_size > 50_000
 
 
+@pytest.mark.slow
 def test_study_commands_refresh_the_report(runs, data_root, tmp_path, capsys):
     """`dla attack --report` rewrites report/ from ./runs; without the flag it prints the command to run."""
     shutil.copytree(runs / "lab1-mlp" / "base", tmp_path / "runs" / "lab1-mlp" / "base", ignore=shutil.ignore_patterns("tb"))

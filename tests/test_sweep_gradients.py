@@ -28,6 +28,7 @@ def fashion(tmp_path):
     return tmp_path / "empty-root"  # the loader finds Debian's copy by itself
 
 
+@pytest.mark.slow
 def test_smoke_sweep_table_plots_and_resume(fashion, monkeypatch):
     real_train = experiment.train
     calls, interrupt = [], [True]
