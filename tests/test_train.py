@@ -7,9 +7,9 @@ from conftest import tiny_config
 from safetensors.torch import load_file
 
 from dla import build, experiment
-from dla.config import load_run_config
+from dla.config import load_run_config, to_dict
 from dla.device import make_accelerator
-from dla.errors import CheckpointError, ConfigError, TrainingDiverged
+from dla.errors import CheckpointError, ConfigError, DlaError, TrainingDiverged
 from dla.models import build_model
 from dla.models.mlp import MLPConfig
 from dla.rundir import RunDir
@@ -45,6 +45,27 @@ def test_run_directory_contents(data_root):
     assert summary["status"] == "completed" and summary["params"] == 784 * 64 + 64 + 64 * 10 + 10
     assert summary["test_acc"] > 0.6  # 3 tiny epochs on 1024 real images still learn
     assert load_run_config(run) == tiny_config("run_name=a", "track.tracker=tensorboard")
+    # start-up: from the process's start for its first run (here the test session's), else from train()
+    second = experiment.train(tiny_config("run_name=b"), data_root).read_summary()
+    assert summary["first_step_s"] > 0 and 0 < second["first_step_s"] < second["wall_time_s"]
+
+
+def test_a_config_cut_short_is_refused_and_older_complete_ones_still_load(tmp_path):
+    """A prefix of a YAML file is still YAML: a cut config.yaml must not load with defaults."""
+    cfg = tiny_config("run_name=a")
+    run = RunDir.create(tmp_path / "run", to_dict(cfg))
+    text = run.config.read_text()
+    assert text.endswith("# end of the resolved config\n")
+    assert load_run_config(RunDir.open(run.path)) == cfg
+    for cut in (0.3, 0.9, len(text) - 3):  # mid-line (a YAML error), mid-section, inside the last line
+        run.config.write_text(text[: int(cut * len(text)) if cut < 1 else cut])
+        with pytest.raises(DlaError, match="config.yaml"):
+            load_run_config(RunDir.open(run.path))
+    run.config.write_text(text[: text.index("\ntrain:") + 1])  # whole sections missing, the cut at a line end
+    with pytest.raises(DlaError, match="config.yaml: incomplete run config \\(no train section\\)"):
+        RunDir.open(run.path)
+    run.config.write_text(text.removesuffix("# end of the resolved config\n"))  # as runs wrote it before the mark
+    assert load_run_config(RunDir.open(run.path)) == cfg
 
 
 def test_resume_gives_identical_metrics(data_root):

@@ -2,12 +2,12 @@
 
     runs/<experiment>/<run>/
         config.yaml       the fully resolved config
-        metrics.jsonl     one JSON object per epoch: the source of truth
+        metrics.jsonl     one JSON object per epoch (language models: per evaluation round): the source of truth
         summary.json      best epoch and metric, test metrics, wall time, params, versions, device
         checkpoints/      best.safetensors (weights), last.pt (resumable state, weights-only)
         tb/               TensorBoard events
         plots/            PNG figures
-        tokenizer.json    language models: the tokenizer fitted on the training text
+        tokenizer.json    language models: the tokenizer (BPE fitted on the training text)
         sample.txt        language models: a sample generated from the best weights
         model/            text classifiers: the fine-tuned encoder and tokenizer (`save_pretrained`)
         eval.json         what `dla eval` measured last
@@ -27,6 +27,10 @@ import yaml
 
 from dla.errors import DlaError
 from dla.io import atomic_write
+
+
+CONFIG_END = "# end of the resolved config\n"  # config.yaml's last line: a file without it was cut short
+LEGACY_SECTIONS = ("data", "model", "optim", "sched", "train")  # in every run's config.yaml since the first
 
 
 class RunDir:
@@ -71,7 +75,7 @@ class RunDir:
         run = cls(path)
         run.checkpoints.mkdir(parents=True, exist_ok=False)
         run.plots.mkdir(exist_ok=True)
-        text = yaml.safe_dump(config, sort_keys=False)
+        text = yaml.safe_dump(config, sort_keys=False) + CONFIG_END
         atomic_write(run.config, lambda tmp: tmp.write_text(text))
         return run
 
@@ -80,7 +84,29 @@ class RunDir:
         run = cls(Path(path))
         if not run.config.is_file():
             raise DlaError(f"{path} is not a run directory (no config.yaml); runs are under runs/<experiment>/<run>")
+        run.check_config_complete()
         return run
+
+    def check_config_complete(self) -> None:
+        """A config.yaml cut short (a prefix of YAML is still YAML) would load with defaults for what
+        is missing: refuse it. Runs end theirs with `CONFIG_END`; older runs, written before it, must
+        hold every core section and end with a newline."""
+        try:
+            text = self.config.read_bytes().decode("utf-8", errors="replace")
+        except OSError:
+            return  # unreadable: reading the config says so
+        if text.endswith(CONFIG_END):
+            return
+        try:
+            if not isinstance(yaml.safe_load(text), dict):
+                return  # not YAML of sections at all: reading the config names the problem, with its line
+        except yaml.YAMLError:
+            return
+        missing = [s for s in LEGACY_SECTIONS if not any(line.startswith(f"{s}:") for line in text.splitlines())]
+        if missing or not text.endswith("\n"):
+            lacks = f"no {', '.join(missing)} section" if missing else "its last line is cut"
+            raise DlaError(f"{self.config}: incomplete run config ({lacks}): damaged or cut short; "
+                           f"this run cannot be used")
 
     def append_metrics(self, record: dict[str, Any]) -> None:
         with open(self.metrics, "a") as fh:
