@@ -9,7 +9,11 @@ No nanoGPT code is in this repository: the script runs an existing checkout's ow
 Part 1, same configuration: nanoGPT's "baby GPT" CPU settings (4 layers, 4 heads, width 128,
 block 64, batch 12, lr 1e-3, no dropout, eval every 250 iterations over 20 batches) for the same
 number of iterations in both; ms/iter (median of the steady-state steps) and tokens/s.
-Part 2, wall-clock budgets: validation loss against wall time (from process start, so start-up
+Part 2, start-up: seconds from process start to the end of the first optimiser step (imports, data
+preparation, model, compilation), the median of --repeats launches each, stopped once that step is
+done: nanoGPT (its "iter 0" line, after its step-0 evaluation of 2 x 20 batches), dla eager, dla
+compiled with an empty inductor cache (cold) and again with the cache that run left (warm).
+Part 3, wall-clock budgets: validation loss against wall time (from process start, so start-up
 and compilation count) for nanoGPT's baby runs and for dla's CPU recipes. For each budget from 90 s
 to 300 s the best validation loss either side has reached by then is compared.
 
@@ -47,6 +51,8 @@ BUDGETS = [90, 120, 150, 180, 210, 240, 270, 300]
 
 NANO_VAL = re.compile(r"step (\d+): train loss ([\d.]+), val loss ([\d.]+)")
 NANO_ITER = re.compile(r"iter (\d+): loss [\d.]+, time ([\d.]+)ms")
+NANO_FIRST = re.compile(r"iter 0: loss")
+DLA_FIRST = re.compile(r"first step done")
 DLA_VAL = re.compile(r"^step\s+(\d+)\s+train loss ([\d.]+) .*val loss ([\d.]+)")
 
 
@@ -74,6 +80,25 @@ def stream(cmd: list[str], cwd: Path, limit_s: float, pattern: re.Pattern, env: 
         print("\n".join(lines[-20:]), file=sys.stderr)
         raise SystemExit(f"{cmd[:3]} failed with exit code {proc.returncode}")
     return points, lines, wall
+
+
+def time_to_match(cmd: list[str], cwd: Path, pattern: re.Pattern, env: dict, limit_s: float = 600) -> float:
+    """Seconds from launching `cmd` until it prints a line matching `pattern`; then it is stopped."""
+    started = time.perf_counter()
+    proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, bufsize=1)
+    lines = []
+    try:
+        for line in proc.stdout:
+            lines.append(line.rstrip())
+            if pattern.search(line):
+                return time.perf_counter() - started
+            if time.perf_counter() - started > limit_s:
+                break
+    finally:
+        proc.kill()
+        proc.wait()
+    print("\n".join(lines[-20:]), file=sys.stderr)
+    raise SystemExit(f"{cmd[:3]} never printed {pattern.pattern!r}")
 
 
 def prepare(nanogpt: Path, inferno: Path, work: Path) -> tuple[Path, Path]:
@@ -124,6 +149,20 @@ def dla_ms_per_iter(run: Path) -> float:
     return statistics.median(per_round[1:] or per_round)  # the first round includes compilation
 
 
+def cpu_name() -> str:
+    """The CPU model and its bf16 units (AMX, AVX512-BF16), which decide what bf16 autocast gains."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        import platform
+
+        return platform.processor() or "unknown CPU"
+    model = re.search(r"model name\s*:\s*(.+)", info)
+    flags = set((re.search(r"flags\s*:\s*(.+)", info) or re.search("(.*)", "")).group(1).split())
+    units = [u for u, f in (("AMX", "amx_bf16"), ("AVX512-BF16", "avx512_bf16")) if f in flags] or ["no bf16 units"]
+    return f"{model.group(1).strip() if model else 'unknown CPU'}, {os.cpu_count()} cores, {' + '.join(units)}"
+
+
 def envelope(points: list[dict], at: float) -> float | None:
     """The lowest validation loss reached by wall time `at`."""
     seen = [p["val_loss"] for p in points if p["wall_s"] <= at]
@@ -138,7 +177,8 @@ def main() -> int:
     parser.add_argument("--long-iters", type=int, default=7000, help="nanoGPT's long baby run (cut at the budget)")
     parser.add_argument("--budget", type=float, default=300.0, help="seconds for the wall-clock comparison")
     parser.add_argument("--plain", action="store_true", help="also run dla at the baby config without bf16/compile")
-    parser.add_argument("--only", choices=["throughput", "budget"], help="run one part")
+    parser.add_argument("--only", choices=["throughput", "startup", "budget"], help="run one part")
+    parser.add_argument("--repeats", type=int, default=3, help="launches per system in the start-up part")
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "gpt_vs_nanogpt"))
     args = parser.parse_args()
     if not args.nanogpt or not (Path(args.nanogpt) / "train.py").is_file():
@@ -151,7 +191,7 @@ def main() -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    result: dict = {"torch_threads": os.cpu_count(), "baby": BABY, "runs": {}}
+    result: dict = {"cpu": cpu_name(), "torch_threads": os.cpu_count(), "baby": BABY, "runs": {}}
     tokens_per_iter = BABY["batch_size"] * BABY["block_size"]
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
@@ -185,17 +225,45 @@ def main() -> int:
                  "ratio_vs_nanogpt": round(nano_ms / ms, 2)}
                 for name, ms in rows
             ]
+        if args.only in (None, "startup"):
+            cache = work / "inductor-cache"  # empty: the first compiled launch is cold, the next ones warm
+            steps = ["train.max_steps=2000"]
+            systems = [
+                ("nanoGPT train.py (fp32, eager)", nanogpt_cmd(nanogpt, work / "nano-startup", 2000), nano, NANO_FIRST, env),
+                ("dla (fp32, eager)", dla_cmd(root, runs, "startup-eager", [*DLA_BABY_PLAIN, *steps]), REPO, DLA_FIRST, env),
+            ]
+            compiled = dla_cmd(root, runs, "startup-compiled", [*DLA_BABY_FAST, *steps])
+            cache_env = {**env, "TORCHINDUCTOR_CACHE_DIR": str(cache)}
+            rows = []
+            for name, cmd, cwd, pattern, e in systems:
+                times = [time_to_match(cmd, cwd, pattern, e) for _ in range(args.repeats)]
+                rows.append((name, times))
+                print(f"    {name}: first step after {statistics.median(times):.1f} s", flush=True)
+            cold = [time_to_match(compiled, REPO, DLA_FIRST, cache_env)]
+            rows.append(("dla (bf16, compiled), cold inductor cache", cold))
+            warm = [time_to_match(compiled, REPO, DLA_FIRST, cache_env) for _ in range(args.repeats)]
+            rows.append(("dla (bf16, compiled), warm inductor cache", warm))
+            print(f"    dla compiled: cold {cold[0]:.1f} s, warm {statistics.median(warm):.1f} s", flush=True)
+            result["startup"] = [{"system": n, "first_step_s": round(statistics.median(t), 2), "runs_s": [round(x, 2) for x in t]}
+                                 for n, t in rows]
         if args.only in (None, "budget"):
             nano_run("nanoGPT baby long", args.long_iters, args.budget + 5)
             for label, overrides in DLA_RECIPES.items():
                 dla_run(label, overrides, args.budget + 5)
 
-    lines = [f"# dla vs nanoGPT on the Inferno (char level, 90/10 split), {time.strftime('%Y-%m-%d')}", ""]
+    lines = [f"# dla vs nanoGPT on the Inferno (char level, 90/10 split), {time.strftime('%Y-%m-%d')}", "",
+             f"CPU: {result['cpu']}", ""]
     if "throughput" in result:
         lines += [f"Same configuration (baby GPT), {args.iters} iterations, {tokens_per_iter} tokens/iter:", "",
                   "| system | ms/iter (median) | tokens/s | vs nanoGPT |", "|---|---:|---:|---:|"]
         lines += [f"| {r['system']} | {r['ms_per_iter']:.1f} | {r['tokens_per_s']:,} | {r['ratio_vs_nanogpt']:.2f}x |"
                   for r in result["throughput"]]
+        lines.append("")
+    if "startup" in result:
+        lines += ["Start-up: seconds from process start to the end of the first optimiser step (median of launches):", "",
+                  "| system | first step (s) | launches (s) |", "|---|---:|---|"]
+        lines += [f"| {r['system']} | {r['first_step_s']:.1f} | {', '.join(f'{x:.1f}' for x in r['runs_s'])} |"
+                  for r in result["startup"]]
         lines.append("")
     nano_points = [p for k, r in result["runs"].items() if r["system"] == "nanoGPT" for p in r["points"]]
     dla_points = [p for k, r in result["runs"].items() if r["system"] == "dla" and k in DLA_RECIPES for p in r["points"]]
@@ -212,9 +280,12 @@ def main() -> int:
         lines.append("")
     (out / "results.json").write_text(json.dumps(result, indent=1))
     (out / "results.md").write_text("\n".join(lines))
-    plot(result, out / "val_loss_vs_time.png")
+    written = ["results.md", "results.json"]
+    if any(run["points"] for run in result["runs"].values()):
+        plot(result, out / "val_loss_vs_time.png")
+        written.append("val_loss_vs_time.png")
     print("\n".join(lines))
-    print(f"wrote {out}/results.md, results.json, val_loss_vs_time.png")
+    print(f"wrote {', '.join(str(out / name) for name in written)}")
     return 0
 
 

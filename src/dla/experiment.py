@@ -17,6 +17,7 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list, set_seed
 
+from dla import STARTED
 from dla.analysis.gradients import GradientStats
 from dla.build import (
     class_names,
@@ -34,7 +35,7 @@ from dla.config import (
     to_dict,
 )
 from dla.data.text import TextData, load_tokenizer
-from dla.device import can_compile, make_accelerator
+from dla.device import can_compile, make_accelerator, seed_process
 from dla.errors import ConfigError
 from dla.io import atomic_text
 from dla.models import count_parameters
@@ -82,6 +83,9 @@ def make_task(cfg: ExperimentConfig, data: Any) -> Task:
     return ImageTask(data, cfg.data.augment)
 
 
+_trained_before = False  # start-up time counts from the process's start for its first run only
+
+
 def train(
     cfg: ExperimentConfig,
     data_root: Path | None,
@@ -92,6 +96,9 @@ def train(
 ) -> RunDir:
     """Train `cfg` into a new run directory (`run_path`, else a fresh one), or continue `resume`."""
     started = time.time()
+    global _trained_before
+    origin = time.perf_counter() if _trained_before else STARTED  # a command's first run counts its imports
+    _trained_before = True
     check_tracker(cfg.track.tracker)
     accelerator = make_accelerator(cfg.train)
     main = accelerator.is_main_process
@@ -107,7 +114,7 @@ def train(
     scheduler = build_scheduler(optimizer, cfg.sched, task.total_steps(cfg.train))
     generator = torch.Generator().manual_seed(cfg.seed)
     early = EarlyStopping(cfg.train.monitor, cfg.train.patience, cfg.train.min_delta)
-    state = FitState()
+    state = FitState(origin=origin)
 
     if resume is not None:
         run = resume
@@ -128,8 +135,7 @@ def train(
         if main and isinstance(data, TextData):
             data.tokenizer.save(run.tokenizer)
     accelerator.wait_for_everyone()
-    if accelerator.process_index > 0:  # own dropout masks in each process; rank 0 keeps the 1-process stream
-        torch.manual_seed(cfg.seed + 7919 * accelerator.process_index + state.step)
+    seed_process(cfg.seed, accelerator.process_index, state.step)
 
     model = torch.compile(raw_model) if cfg.train.compile and can_compile(accelerator.device, main) else raw_model
     model, optimizer = accelerator.prepare(model, optimizer)
@@ -210,6 +216,7 @@ def run_summary(
         "monitor": early.monitor,
         "best_value": early.best,
         "train_time_s": round(state.elapsed_s, 2),
+        **({"first_step_s": state.first_step_s} if state.first_step_s is not None else {}),
         "wall_time_s": round(wall_time_s, 2),
         "torch": torch.__version__,
         "device": str(accelerator.device),

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from dla.errors import DlaError
-from dla.report.plots import plt, save_figure
+from dla.report.plots import pyplot, save_figure
 from dla.rundir import RunDir
 from dla.train.callbacks import Callback
 
@@ -140,6 +140,7 @@ def summarise(label: str, records: list[dict[str, Any]]) -> dict[str, Any]:
 
 def plot_gradients(runs: dict[str, list[dict[str, Any]]], out: Path) -> list[Path]:
     """(a) grad norm per layer early/middle/late, (b) first vs last layer over steps, (c) total norm over steps."""
+    plt = pyplot()
     out.mkdir(parents=True, exist_ok=True)
     fig, axes = plt.subplots(1, 3, figsize=(15, 4), sharey=True)
     for ax, (phase, frac) in zip(axes, (("early", 0.05), ("middle", 0.5), ("late", 0.95))):

@@ -5,10 +5,23 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import matplotlib
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+
+def pyplot() -> Any:
+    """matplotlib.pyplot with the Agg backend, imported on first use rather than with this module:
+    it costs about half a second, which every training run would otherwise pay at start-up."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot
+
+    return matplotlib.pyplot
+
+
+def __getattr__(name: str) -> Any:
+    if name == "plt":  # `from dla.report.plots import plt` (inside functions, to stay lazy)
+        return pyplot()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def x_axis(history: list[dict[str, Any]]) -> str:
@@ -18,6 +31,7 @@ def x_axis(history: list[dict[str, Any]]) -> str:
 
 def plot_run_curves(history: list[dict[str, Any]], path: Path, title: str = "") -> Path:
     """Train and validation loss and accuracy (or bits per char) per epoch or step of one run."""
+    plt = pyplot()
     second = "acc" if "val_acc" in history[0] else "bpc"
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
     x = x_axis(history)
@@ -35,6 +49,7 @@ def plot_run_curves(history: list[dict[str, Any]], path: Path, title: str = "") 
 
 def plot_overlaid(histories: dict[str, list[dict[str, Any]]], path: Path, metrics=("val_acc", "val_loss")) -> Path:
     """One panel per metric, one line per run (metrics no run has are left out)."""
+    plt = pyplot()
     metrics = [m for m in metrics if any(h and m in h[0] for h in histories.values())] or ["val_loss"]
     fig, axes = plt.subplots(1, len(metrics), figsize=(5.5 * len(metrics), 4), squeeze=False)
     for ax, metric in zip(axes[0], metrics):
@@ -51,6 +66,7 @@ def plot_overlaid(histories: dict[str, list[dict[str, Any]]], path: Path, metric
 
 def plot_xy(series: dict[str, list[tuple[float, float]]], path: Path, xlabel: str, ylabel: str) -> Path:
     """One line with markers per series, e.g. test accuracy against depth, plain vs residual."""
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5.5, 4))
     for name, points in series.items():
         xs, ys = zip(*sorted(points))
@@ -67,6 +83,7 @@ def plot_xy(series: dict[str, list[tuple[float, float]]], path: Path, xlabel: st
 
 def save_figure(fig: Any, path: Path) -> Path:
     """Lay out, write as PNG and close."""
+    plt = pyplot()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -76,6 +93,7 @@ def save_figure(fig: Any, path: Path) -> Path:
 
 def plot_score_histograms(scores: dict[str, tuple[Any, Any]], path: Path, title: str = "") -> Path:
     """One panel per detector: ID vs OOD score histograms (higher = more in-distribution)."""
+    plt = pyplot()
     fig, axes = plt.subplots(1, len(scores), figsize=(4 * len(scores), 3.4), squeeze=False)
     for ax, (name, (s_id, s_ood)) in zip(axes[0], scores.items()):
         lo, hi = float(min(s_id.min(), s_ood.min())), float(max(s_id.max(), s_ood.max()))
@@ -91,6 +109,7 @@ def plot_score_histograms(scores: dict[str, tuple[Any, Any]], path: Path, title:
 
 def plot_roc_pr(curves: dict[str, tuple[Any, Any]], path: Path, title: str = "") -> Path:
     """ROC and precision-recall curves (ID positive), one line per detector."""
+    plt = pyplot()
     from sklearn.metrics import precision_recall_curve, roc_curve
 
     import numpy as np
@@ -114,6 +133,7 @@ def plot_roc_pr(curves: dict[str, tuple[Any, Any]], path: Path, title: str = "")
 
 
 def plot_heatmap(values: Any, rows: list[str], cols: list[str], path: Path, title: str, xlabel: str, ylabel: str) -> Path:
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(1 + 0.8 * len(cols), 1 + 0.6 * len(rows)))
     im = ax.imshow(values, cmap="viridis", aspect="auto")
     ax.set_xticks(range(len(cols)), cols, rotation=45)

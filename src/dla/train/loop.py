@@ -19,6 +19,7 @@ from accelerate import Accelerator
 from torch import nn
 from tqdm.auto import tqdm
 
+from dla import STARTED
 from dla.config import TrainConfig
 from dla.errors import TrainingDiverged
 from dla.rundir import RunDir
@@ -35,6 +36,8 @@ class FitState:
     epoch: int = 0  # epochs completed
     step: int = 0  # optimiser steps taken
     elapsed_s: float = 0.0  # training wall time so far, across resumes
+    first_step_s: float | None = None  # seconds from `origin` to the end of the first step (not when resumed)
+    origin: float = field(default_factory=lambda: STARTED, repr=False)  # perf_counter() the start-up counts from
     history: list[dict[str, Any]] = field(default_factory=list)
 
 
@@ -163,6 +166,11 @@ def train_round(
         state.step += 1
         sums = stats.double() if sums is None else sums + stats
         pending.append(loss.detach())
+        if state.step == 1:  # start-up: imports, data, model and (with train.compile) compilation
+            first_loss = float(loss.detach())  # waits for the step to finish on an accelerator
+            state.first_step_s = round(time.perf_counter() - state.origin, 2)
+            if accelerator.is_main_process:
+                tqdm.write(f"first step done {state.first_step_s:.1f} s after start (loss {first_loss:.4f})")
         on_step(state.step)
         if len(pending) == cfg.log_every or i == steps - 1:
             _check_finite(pending, state.step, epoch, accelerator, run, task.unit)
