@@ -39,7 +39,7 @@ def test_config_error_is_one_line_not_a_traceback(data_root):
     assert proc.returncode == 2
     assert proc.stderr.strip() == (
         "dla: error: unknown key optim.lrr (did you mean optim.lr?); valid keys: optim.name, optim.lr, "
-        "optim.weight_decay, optim.momentum, optim.nesterov"
+        "optim.weight_decay, optim.momentum, optim.nesterov, optim.betas, optim.muon_lr, optim.muon_momentum"
     )
 
 
@@ -106,10 +106,15 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(data_root):
     ]
 
 
-def test_torchrun_two_processes_match_single_process(data_root):
+@pytest.mark.parametrize("launch", [
+    ["--master_port", "29517"],
+    # the multi-node form (README, Engine) on one node: a c10d rendezvous on localhost
+    ["--nnodes", "1", "--rdzv-backend", "c10d", "--rdzv-endpoint", "localhost:29523", "--rdzv-id", "dla-test"],
+], ids=["standalone", "c10d-rendezvous"])
+def test_torchrun_two_processes_match_single_process(data_root, launch):
     args = ("lab1-mlp", *TINY, "model.dropout=0", "train.epochs=2")
     env = {**os.environ, "DLA_DATA_ROOT": str(data_root), "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", *launch,
            "-m", "dla", "train", *args, "run_name=ddp"]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -75,8 +75,9 @@ class StopAt(Callback):
 
 
 @pytest.mark.slow
-def test_interrupted_lm_run_resumes_to_the_same_result(text_root, tmp_path):
-    overrides = [*SMOKE, "train.max_steps=40"]
+@pytest.mark.parametrize("optimizer", ["adamw", "muon", "lion"])
+def test_interrupted_lm_run_resumes_to_the_same_result(text_root, tmp_path, optimizer):
+    overrides = [*SMOKE, "train.max_steps=40", f"optim.name={optimizer}"]
     full = experiment.train(load_experiment("lab2-gpt-char", overrides), text_root, run_path=tmp_path / "full")
     with pytest.raises(KeyboardInterrupt):
         experiment.train(load_experiment("lab2-gpt-char", overrides), text_root, callbacks=[StopAt(25)],

@@ -31,7 +31,7 @@ class DataConfig:
     train_subset: int | None = None  # keep only this many training images (after the val split)
     test_subset: int | None = None  # evaluate on only the first N test images
     split_seed: int = 0
-    augment: Literal["none", "crop-flip", "crop"] = "none"
+    augment: Literal["none", "crop-flip", "crop", "autoaugment"] = "none"
     classes: list[int] | None = None  # train on these classes only (e.g. [0,1,2,3,4,5]); the rest are held out
     download: bool = True  # try the canonical source when the data set is not on disk
 
@@ -112,16 +112,23 @@ def run_kind(cfg: "ExperimentConfig") -> str:
 
 @dataclass
 class OptimConfig:
-    name: Literal["sgd", "adamw", "adam"] = "adamw"
+    # lion: the original lab's optimiser (lion-pytorch; use an lr 3-10x below AdamW's);
+    # muon: Muon on the hidden 2-D weight matrices, AdamW at optim.lr on everything else
+    name: Literal["sgd", "adamw", "adam", "lion", "muon"] = "adamw"
     lr: float = 1e-3
-    weight_decay: float = 0.0
+    weight_decay: float = 0.0  # not on biases, norm gains and embeddings (see dla.train.optim)
     momentum: float = 0.9  # sgd only
     nesterov: bool = False  # sgd only
+    betas: list[float] | None = None  # adam, adamw, lion; None: each one's default (0.9, 0.999; Lion 0.9, 0.99)
+    muon_lr: float = 0.02  # muon: the lr of the hidden matrices
+    muon_momentum: float = 0.95  # muon
 
     def validate(self) -> None:
-        check_positive(self, "lr", prefix="optim.")
-        if self.weight_decay < 0 or not 0 <= self.momentum < 1:
-            raise ConfigError("optim: weight_decay must be >= 0 and momentum in [0, 1)")
+        check_positive(self, "lr", "muon_lr", prefix="optim.")
+        if self.weight_decay < 0 or not 0 <= self.momentum < 1 or not 0 <= self.muon_momentum < 1:
+            raise ConfigError("optim: weight_decay must be >= 0, momentum and muon_momentum in [0, 1)")
+        if self.betas is not None and (len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas)):
+            raise ConfigError(f"optim.betas: two numbers in [0, 1), got {self.betas}")
 
 
 @dataclass
@@ -150,7 +157,7 @@ class TrainConfig:
     device: Literal["auto", "cpu", "cuda"] = "auto"
     deterministic: bool = True
     monitor: Literal["val_acc", "val_loss"] = "val_acc"
-    patience: int | None = None  # epochs without improvement before stopping; None: never stop early
+    patience: int | None = None  # epochs (language models: evaluations) without improvement before stopping; None: never
     min_delta: float = 0.0  # the least change that counts as an improvement
     log_every: int = 50  # steps between loss checks and progress-bar updates
     grad_stats_every: int | None = None  # record per-layer gradient/weight norms every N steps (Lab 1.3)

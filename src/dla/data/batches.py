@@ -35,10 +35,28 @@ def random_crop_flip(x: torch.Tensor, generator: torch.Generator, pad: int = 4, 
     return out
 
 
+def auto_augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """torchvision's AutoAugment with the CIFAR-10 policy (Cubuk et al. 2019), a policy drawn for
+    each image of a uint8 batch (N, C, H, W) on its device. torchvision draws from torch's global
+    RNG: it runs under a seed drawn from `generator`, so the batches follow the run's seed and
+    leave the global stream (dropout masks) as it was."""
+    from torchvision.transforms import v2
+
+    policy = v2.AutoAugment(v2.AutoAugmentPolicy.CIFAR10)
+    seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device))
+    devices = [x.device] if x.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        return torch.stack([policy(image) for image in x])
+
+
 def augment(x: torch.Tensor, kind: str, generator: torch.Generator) -> torch.Tensor:
+    """`none`, `crop` (random crop after 4-pixel padding), `crop-flip` (and a horizontal flip), or
+    `autoaugment` (crop-flip, then AutoAugment's CIFAR-10 policy, as in the original's CIFAR-10 runs)."""
     if kind == "none":
         return x
-    return random_crop_flip(x, generator, flip=(kind == "crop-flip"))
+    out = random_crop_flip(x, generator, flip=(kind != "crop"))
+    return auto_augment(out, generator) if kind == "autoaugment" else out
 
 
 def train_batches(

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from dla.config import OptimConfig, SchedConfig
+from dla.errors import ConfigError
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
@@ -25,13 +26,72 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     return groups
 
 
+def hidden_matrices(model: nn.Module) -> list[nn.Parameter]:
+    """The weights Muon is for: 2-D weights of linear layers inside the network. The output layer
+    (the last linear layer, a tied LM head included), embeddings, convolution kernels, biases and
+    norm gains are left to AdamW, as in Muon's recipe."""
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    embeddings = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
+    output = id(linears[-1].weight) if linears else None
+    seen: set[int] = set()
+    hidden = []
+    for m in linears:
+        w = m.weight
+        if w.requires_grad and w.ndim == 2 and id(w) not in embeddings and id(w) != output and id(w) not in seen:
+            seen.add(id(w))
+            hidden.append(w)
+    return hidden
+
+
+class Optimizers(torch.optim.Optimizer):
+    """Several optimisers stepped as one (Muon for the hidden matrices, AdamW for the rest): their
+    parameter groups are this one's, so a schedule sets every lr, and one state dict checkpoints all."""
+
+    def __init__(self, *optimizers: torch.optim.Optimizer):
+        self.parts = optimizers
+        super().__init__([g for o in optimizers for g in o.param_groups], {})
+
+    def _sync(self) -> None:
+        self.param_groups = [g for o in self.parts for g in o.param_groups]
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        for o in self.parts:
+            o.step()
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for o in self.parts:
+            o.zero_grad(set_to_none=set_to_none)
+
+    def state_dict(self) -> dict:
+        return {"parts": [o.state_dict() for o in self.parts]}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        for o, s in zip(self.parts, state_dict["parts"], strict=True):
+            o.load_state_dict(s)
+        self._sync()  # load_state_dict gives each part new group dicts
+
+
 def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
+    betas = tuple(cfg.betas or ((0.9, 0.99) if cfg.name == "lion" else (0.9, 0.999)))
+    if cfg.name == "muon":
+        hidden = hidden_matrices(model)
+        if not hidden:
+            raise ConfigError("optim.name=muon: this model has no hidden 2-D weight matrices; use adamw")
+        ids = {id(p) for p in hidden}
+        rest = [{**g, "params": [p for p in g["params"] if id(p) not in ids]} for g in param_groups(model, cfg.weight_decay)]
+        muon = torch.optim.Muon(hidden, lr=cfg.muon_lr, momentum=cfg.muon_momentum, weight_decay=cfg.weight_decay)
+        return Optimizers(muon, torch.optim.AdamW([g for g in rest if g["params"]], lr=cfg.lr, betas=betas))
     groups = param_groups(model, cfg.weight_decay)
     if cfg.name == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
     if cfg.name == "adam":
-        return torch.optim.Adam(groups, lr=cfg.lr)
-    return torch.optim.AdamW(groups, lr=cfg.lr)
+        return torch.optim.Adam(groups, lr=cfg.lr, betas=betas)
+    if cfg.name == "lion":
+        from lion_pytorch import Lion
+
+        return Lion(groups, lr=cfg.lr, betas=betas)
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=betas)
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, cfg: SchedConfig, total_steps: int):
