@@ -221,7 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Deep Learning Applications labs as reproducible experiments.",
         epilog="Example: dla data import mnist ../shared/data/mnist && dla train lab1-mlp optim.lr=3e-3 train.epochs=5",
     )
-    parser.add_argument("--data-root", help="where data sets live (default: $DLA_DATA_ROOT or ~/.cache/dla/data)")
+    parser.add_argument("--data-root", help="where data sets live (default: $DLA_DATA_ROOT, else $XDG_CACHE_HOME/dla/data or ~/.cache/dla/data)")
     parser.add_argument("--version", action="version", version=f"dla {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
@@ -237,9 +237,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_eval)
 
-    p = sub.add_parser("predict", help="top-k classes for image files, with a run's best weights")
+    p = sub.add_parser("predict", help="top-k classes for image files (or texts, for a text-classifier run), with a run's best weights")
     p.add_argument("run", help="run directory")
-    p.add_argument("images", nargs="+", help="PNG or JPEG files")
+    p.add_argument("images", nargs="+", help="PNG or JPEG files; texts for a fine-tuned text-classifier run")
     p.add_argument("--top-k", type=positive_int, default=3, help="classes to show (>= 1, default 3)")
     p.add_argument("--invert", action="store_true", help="invert grey levels (dark digit on light paper)")
     p.add_argument("--json", action="store_true", help="one JSON object per image")
@@ -247,7 +247,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("generate", help="stream text from a Lab 2.1 language-model run")
     p.add_argument("run", help="run directory of a language model (e.g. runs/lab2-gpt-char/<run>)")
-    p.add_argument("--prompt", help='text to continue (default: "Nel mezzo del cammin"); \\n for a line break')
+    p.add_argument("--prompt", help='text to continue (default: the run\'s own, "Nel mezzo del cammin" for the Inferno); \\n for a line break')
     p.add_argument("--max-new-tokens", type=positive_int, default=500)
     p.add_argument("--temperature", type=nonneg_float, default=0.8, help="0 for greedy decoding")
     p.add_argument("--top-k", type=nonneg_int, default=50, help="0 to disable")

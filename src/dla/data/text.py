@@ -151,7 +151,8 @@ def read_utf8(path: Path, hint: str = "") -> str:
 
 
 class CharTokenizer:
-    """One id per distinct character of the training text."""
+    """One id per distinct character of the text it is built from (the whole corpus, so that no
+    validation or test character is unknown)."""
 
     kind = "char"
 

@@ -122,7 +122,7 @@ def add_hf_parser(sub: argparse._SubParsersAction, shared: dict[str, Callable]) 
     q.add_argument("--model", default="gpt2", help="Hub id or folder of a causal LM (default gpt2)")
     q.add_argument("--run", help="a Lab 2.1 run directory instead of a Hugging Face model")
     q.add_argument("--prompt", help='text to continue (default "Once upon a time")')
-    q.add_argument("--max-length", type=positive_int, default=50, help="prompt + new tokens (default 50)")
+    q.add_argument("--max-length", type=positive_int, default=50, help="prompt + new tokens (default 50); with --run, new tokens")
     q.add_argument("--max-new-tokens", type=positive_int,
                    help="new tokens, whatever the prompt length (overrides --max-length)")
     q.add_argument("--temperature", type=nonneg_float, default=0.7, help="0 for greedy decoding (default 0.7)")

@@ -54,7 +54,7 @@ def evaluate(
 
 
 class Task:
-    """The interface the loop uses. `stats` from `step` are summed over a round: [loss * n, correct, n]."""
+    """The interface the loop uses. `stats` from `step` are summed over a round: [loss * n, correct, n, ...] (a task may append more)."""
 
     unit = "epoch"  # what a round is called in progress bars and messages
 
