@@ -47,7 +47,6 @@ import argparse
 import importlib.util
 import json
 import os
-import re
 import subprocess
 import sys
 import tempfile
@@ -56,6 +55,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
+
+from dla.device import cpu_description  # noqa: E402
 
 EXPERIMENT = "lab2-finetune-agnews"
 SYSTEMS = ("dla", "trainer")
@@ -69,21 +70,6 @@ def overrides(ag_news: Path, epochs: int, train_size: int | None) -> list[str]:
     if train_size is not None:
         out.append(f"data.split_sizes=[{train_size},800,1200]")
     return out
-
-
-def cpu_name() -> str:
-    """The CPU model, its core count and its bf16 units (AMX, AVX512-BF16), which decide what bf16 gains."""
-    try:
-        info = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        import platform
-
-        return platform.processor() or "unknown CPU"
-    model = re.search(r"model name\s*:\s*(.+)", info)
-    flags_line = re.search(r"flags\s*:\s*(.+)", info)
-    flags = set(flags_line.group(1).split()) if flags_line else set()
-    units = [u for u, f in (("AMX", "amx_bf16"), ("AVX512-BF16", "avx512_bf16")) if f in flags] or ["no bf16 units"]
-    return f"{model.group(1).strip() if model else 'unknown CPU'}, {os.cpu_count()} CPUs, {' + '.join(units)}"
 
 
 def missing_packages() -> list[str]:
@@ -379,7 +365,7 @@ def main() -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": str(args.threads), "TOKENIZERS_PARALLELISM": "false"}
-    result: dict = {"cpu": cpu_name(), "date": time.strftime("%Y-%m-%d"), "threads": args.threads,
+    result: dict = {"cpu": cpu_description(), "date": time.strftime("%Y-%m-%d"), "threads": args.threads,
                     "epochs": args.epochs, "train_size": args.train_size, "runs": {}}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)

@@ -40,6 +40,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
 from dla.data.text import CharTokenizer, import_inferno, split_text  # noqa: E402
+from dla.device import cpu_description  # noqa: E402
 
 BABY = dict(n_layer=4, n_head=4, n_embd=128, block_size=64, batch_size=12, lr=1e-3, eval_every=250, eval_batches=20)
 # dla at the baby configuration: only the execution changes (bf16 autocast, torch.compile)
@@ -149,20 +150,6 @@ def dla_ms_per_iter(run: Path) -> float:
     return statistics.median(per_round[1:] or per_round)  # the first round includes compilation
 
 
-def cpu_name() -> str:
-    """The CPU model and its bf16 units (AMX, AVX512-BF16), which decide what bf16 autocast gains."""
-    try:
-        info = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        import platform
-
-        return platform.processor() or "unknown CPU"
-    model = re.search(r"model name\s*:\s*(.+)", info)
-    flags = set((re.search(r"flags\s*:\s*(.+)", info) or re.search("(.*)", "")).group(1).split())
-    units = [u for u, f in (("AMX", "amx_bf16"), ("AVX512-BF16", "avx512_bf16")) if f in flags] or ["no bf16 units"]
-    return f"{model.group(1).strip() if model else 'unknown CPU'}, {os.cpu_count()} cores, {' + '.join(units)}"
-
-
 def envelope(points: list[dict], at: float) -> float | None:
     """The lowest validation loss reached by wall time `at`."""
     seen = [p["val_loss"] for p in points if p["wall_s"] <= at]
@@ -191,7 +178,7 @@ def main() -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    result: dict = {"cpu": cpu_name(), "torch_threads": os.cpu_count(), "baby": BABY, "runs": {}}
+    result: dict = {"cpu": cpu_description(), "torch_threads": os.cpu_count(), "baby": BABY, "runs": {}}
     tokens_per_iter = BABY["batch_size"] * BABY["block_size"]
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)

@@ -41,6 +41,24 @@ def make_accelerator(train: TrainConfig) -> Accelerator:
     return accelerator
 
 
+def cpu_description() -> str:
+    """The CPU model, its core count and its bf16 units (AMX, AVX512-BF16), which decide what bf16
+    autocast gains on it: every speed figure should say which CPU it was measured on."""
+    import re
+
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        import platform
+
+        return f"{platform.processor() or 'unknown CPU'}, {os.cpu_count()} cores"
+    model = re.search(r"model name\s*:\s*(.+)", info)
+    flags_line = re.search(r"flags\s*:\s*(.+)", info)
+    flags = set(flags_line.group(1).split()) if flags_line else set()
+    units = [u for u, f in (("AMX", "amx_bf16"), ("AVX512-BF16", "avx512_bf16")) if f in flags] or ["no bf16 units"]
+    return f"{model.group(1).strip() if model else 'unknown CPU'}, {os.cpu_count()} cores, {' + '.join(units)}"
+
+
 def seed_process(seed: int, rank: int, step: int = 0) -> None:
     """Under torchrun, processes after the first reseed torch's global RNG (dropout masks) so that
     each draws its own; rank 0 keeps the stream of a 1-process run. A 2-process run with dropout is
