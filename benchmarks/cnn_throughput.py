@@ -11,9 +11,13 @@ batch 64, SGD steps (forward, backward, update). Modes:
 It prints images/s (median of repeats), the ratio to the baseline and the achieved GFLOP/s of
 the training step (FLOPs counted by torch.utils.flop_counter). With --accuracy it also trains a
 short Fashion-MNIST run in fp32 and in bf16 through `dla` and prints both test accuracies.
-Run it alone on an idle machine:
+With --grid it measures the six nets of the Lab 1.2 grid (depth 9/17/48, plain and residual) at
+--width (the CIFAR-10 CPU study's choice of width), fp32 NCHW against bf16 + channels_last, and
+with --compile also bf16 + channels_last under torch.compile, with the seconds one epoch of
+45,000 CIFAR-10 training images would take at that rate. Run it alone on an idle machine:
 
     .venv/bin/python benchmarks/cnn_throughput.py [--residual] [--steps 8 --repeats 3] [--accuracy]
+    .venv/bin/python benchmarks/cnn_throughput.py --grid --width 16 [--compile]
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 from dla.data.vision import default_data_root
-from dla.models.cnn import original_cnn
+from dla.models.cnn import CNN, CNNConfig, original_cnn
 
 MODES = {
     "fp32-nchw": (False, False),
@@ -57,12 +61,15 @@ def train_flops(residual: bool, batch: int) -> int:
     return counter.get_total_flops()
 
 
-def measure(mode: str, residual: bool, batch: int, steps: int, repeats: int) -> float:
+def measure(mode: str, residual: bool, batch: int, steps: int, repeats: int, depth: int = 17, width: int = 64,
+            compile: bool = False) -> float:
     bf16, channels_last = MODES[mode]
     torch.manual_seed(0)
-    model = original_cnn(17, residual)
+    model = original_cnn(depth, residual) if width == 64 else CNN(CNNConfig(depth=depth, residual=residual, width=width), 3, 10)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     model = model.to(memory_format=fmt)
+    if compile:
+        model = torch.compile(model)
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     x = torch.rand(batch, 3, 32, 32).contiguous(memory_format=fmt)
     y = torch.randint(0, 10, (batch,))
@@ -98,6 +105,23 @@ def accuracy_check() -> None:
                   f"train time {s['train_time_s']:.1f}s")
 
 
+def grid(args) -> None:
+    """images/s of each net of the depth grid at one width: fp32 NCHW, bf16 + channels_last (and compiled)."""
+    modes = [("fp32-nchw", False), ("bf16-cl", False)] + ([("bf16-cl", True)] if args.compile else [])
+    names = ["fp32 NCHW", "bf16 + cl"] + (["bf16 + cl, compiled"] if args.compile else [])
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; width {args.width}, batch {args.batch}, 3x32x32")
+    print(f"\n| net | params | {' | '.join(f'{n} (img/s)' for n in names)} | best vs fp32 | s per 45k-image epoch (best) |")
+    print("|---|---:|" + "---:|" * len(names) + "---:|---:|")
+    for depth in (9, 17, 48):
+        for residual in (False, True):
+            params = sum(p.numel() for p in CNN(CNNConfig(depth=depth, residual=residual, width=args.width), 3, 10).parameters())
+            rates = [measure(m, residual, args.batch, args.steps, args.repeats, depth, args.width, c) for m, c in modes]
+            best = max(rates)
+            cells = " | ".join(f"{r:.0f}" for r in rates)
+            name = f"Depth-{depth}{'-skip' if residual else ''}"
+            print(f"| {name} | {params:,} | {cells} | {best / rates[0]:.2f}x | {45000 / best:.0f} |", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--residual", action="store_true")
@@ -105,7 +129,12 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=8)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--accuracy", action="store_true", help="also compare fp32 and bf16 accuracy on a short run")
+    ap.add_argument("--grid", action="store_true", help="the six nets of the depth grid at --width")
+    ap.add_argument("--width", type=int, default=16, help="--grid: channels of the first stage")
+    ap.add_argument("--compile", action="store_true", help="--grid: also bf16 + channels_last under torch.compile")
     args = ap.parse_args()
+    if args.grid:
+        return grid(args)
     flops = train_flops(args.residual, args.batch) / args.batch
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; original_cnn(17, residual={args.residual}),"
           f" batch {args.batch}, {flops / 1e9:.2f} GFLOP per image per training step")
