@@ -7,6 +7,7 @@ Hugging Face encoder) decides them the same way.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from accelerate import Accelerator
 
 from dla.config import TrainConfig
 from dla.errors import ConfigError
+from dla.io import cache_home
 
 
 def make_accelerator(train: TrainConfig) -> Accelerator:
@@ -44,8 +46,6 @@ def make_accelerator(train: TrainConfig) -> Accelerator:
 def cpu_description() -> str:
     """The CPU model, its core count and its bf16 units (AMX, AVX512-BF16), which decide what bf16
     autocast gains on it: every speed figure should say which CPU it was measured on."""
-    import re
-
     try:
         info = Path("/proc/cpuinfo").read_text()
     except OSError:
@@ -71,8 +71,7 @@ def compile_cache() -> str:
     """Where torch.compile keeps what it compiled, so that the next run of the same model loads it
     instead of compiling again (a 35 s first step becomes about 2 s for the Lab 2.1 GPT on 2 cores):
     $TORCHINDUCTOR_CACHE_DIR when set, else dla's cache folder, which outlives /tmp (torch's default)."""
-    home = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(home / "dla" / "inductor"))
+    return os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache_home() / "inductor"))
 
 
 def autocast(device: torch.device, precision: str) -> torch.autocast:

@@ -1,4 +1,5 @@
-"""Atomic file and folder writing: a crash or a failed command leaves the old content or the new, never half.
+"""Atomic file and folder writing: a crash or a failed command leaves the old content or the new,
+never half; and where dla keeps its caches.
 
 A leaf module (it imports nothing from dla), used by the run directory, checkpoints and every
 command that writes results into a run.
@@ -11,6 +12,11 @@ import os
 import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
+
+
+def cache_home() -> Path:
+    """dla's cache folder: `$XDG_CACHE_HOME/dla`, else `~/.cache/dla` (data sets, compiled kernels)."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "dla"
 
 
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from dla.errors import DataError
+from dla.io import cache_home
 
 CHUNK = 1 << 22
 
@@ -51,8 +52,7 @@ def default_data_root() -> Path:
     """`$DLA_DATA_ROOT`, else `$XDG_CACHE_HOME/dla/data`, else `~/.cache/dla/data`."""
     if os.environ.get("DLA_DATA_ROOT"):
         return Path(os.environ["DLA_DATA_ROOT"]).expanduser()
-    cache = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(cache) / "dla" / "data"
+    return cache_home() / "data"
 
 
 def md5_bytes(data: bytes | memoryview) -> str:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any
 
 
-
+@functools.cache
 def pyplot() -> Any:
     """matplotlib.pyplot with the Agg backend, imported on first use rather than with this module:
     it costs about half a second, which every training run would otherwise pay at start-up."""

@@ -30,17 +30,12 @@ def hidden_matrices(model: nn.Module) -> list[nn.Parameter]:
     """The weights Muon is for: 2-D weights of linear layers inside the network. The output layer
     (the last linear layer, a tied LM head included), embeddings, convolution kernels, biases and
     norm gains are left to AdamW, as in Muon's recipe."""
-    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
-    embeddings = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
-    output = id(linears[-1].weight) if linears else None
-    seen: set[int] = set()
-    hidden = []
-    for m in linears:
-        w = m.weight
-        if w.requires_grad and w.ndim == 2 and id(w) not in embeddings and id(w) != output and id(w) not in seen:
-            seen.add(id(w))
-            hidden.append(w)
-    return hidden
+    weights = [m.weight for m in model.modules() if isinstance(m, nn.Linear)]
+    left_out = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
+    if weights:
+        left_out.add(id(weights[-1]))
+    hidden = {id(w): w for w in weights if w.requires_grad and id(w) not in left_out}  # a shared weight once
+    return list(hidden.values())
 
 
 class Optimizers(torch.optim.Optimizer):
