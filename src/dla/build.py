@@ -27,7 +27,8 @@ from dla.models import MODELS, build_model
 from dla.rundir import RunDir
 from dla.train.checkpoint import load_weights
 
-COMMAND_KIND = {"dla ood": IMAGE_CLASSIFIER, "dla attack": IMAGE_CLASSIFIER, "dla generate": LANGUAGE_MODEL,
+COMMAND_KIND = {"dla ood": IMAGE_CLASSIFIER, "dla attack": IMAGE_CLASSIFIER, "dla cam": IMAGE_CLASSIFIER,
+                "dla detect": IMAGE_CLASSIFIER, "dla generate": LANGUAGE_MODEL,
                 "dla hf eval": TEXT_CLASSIFIER}  # the commands that work on one kind of run only
 
 
@@ -41,7 +42,15 @@ def class_names(cfg: ExperimentConfig) -> tuple[str, ...]:
     if kind == LANGUAGE_MODEL:
         raise ConfigError("a language model has a vocabulary, not classes")
     names = get_spec(cfg.data.name).classes
-    return tuple(names[i] for i in cfg.data.classes) if cfg.data.classes else names
+    names = tuple(names[i] for i in cfg.data.classes) if cfg.data.classes else names
+    return (*names, "background") if getattr(cfg.data, "background_class", False) else names
+
+
+def input_shape(cfg: ExperimentConfig) -> tuple[int, int, int]:
+    """The (C, H, W) an image-classifier run was trained on: its data set's, or its canvas's."""
+    c, h, w = get_spec(cfg.data.name).shape
+    canvas = getattr(cfg.data, "canvas", None)
+    return (c, canvas, canvas) if canvas else (c, h, w)
 
 
 def model_for(cfg: ExperimentConfig) -> torch.nn.Module:
@@ -60,7 +69,7 @@ def model_for(cfg: ExperimentConfig) -> torch.nn.Module:
     if cfg.model.name in ("gpt", "hf-encoder"):
         raise ConfigError(f"model.name={cfg.model.name} does not classify images; use mlp or cnn")
     spec = get_spec(cfg.data.name)
-    return build_model(cfg.model, spec.shape, len(class_names(cfg)), spec.mean, spec.std)
+    return build_model(cfg.model, input_shape(cfg), len(class_names(cfg)), spec.mean, spec.std)
 
 
 def load_data(cfg: ExperimentConfig, data_root: Path | None, tokenizer: Any = None, quiet: bool = False):
@@ -75,7 +84,8 @@ def load_data(cfg: ExperimentConfig, data_root: Path | None, tokenizer: Any = No
 
         return prepare_topics(d, cfg.model.pretrained, data_root, tokenizer, quiet=quiet)
     return load_image_data(
-        d.name, data_root, d.val_size, d.split_seed, d.train_subset, d.test_subset, d.download, d.classes
+        d.name, data_root, d.val_size, d.split_seed, d.train_subset, d.test_subset, d.download, d.classes,
+        d.canvas, d.background_class,
     )
 
 

@@ -34,10 +34,18 @@ class DataConfig:
     augment: Literal["none", "crop-flip", "crop", "autoaugment"] = "none"
     classes: list[int] | None = None  # train on these classes only (e.g. [0,1,2,3,4,5]); the rest are held out
     download: bool = True  # try the canonical source when the data set is not on disk
+    # MNIST and Fashion-MNIST only (Lab 1, exercises 2.2 and 2.3, see dla.data.canvas):
+    canvas: int | None = None  # paste every image at a random place in a black canvas of this size (e.g. 64)
+    background_class: bool = False  # add a class "background" (empty, off-centre, too large, too small crops)
 
     def validate(self) -> None:
         check_positive(self, "val_size", "train_subset", "test_subset", prefix="data.")
         check_seed(self.split_seed, "data.split_seed")
+        if self.canvas is not None and not 28 <= self.canvas <= 512:
+            raise ConfigError(f"data.canvas: a canvas side in [28, 512] px for 28x28 images, got {self.canvas}")
+        if self.canvas is not None and self.background_class:
+            raise ConfigError("data.canvas and data.background_class: choose one (canvases for CAM, "
+                              "a background class for the fully-convolutional detector)")
         if self.classes is not None and (len(set(self.classes)) < 2 or min(self.classes) < 0):
             raise ConfigError(f"data.classes: needs at least two distinct class indices >= 0, got {self.classes}")
 

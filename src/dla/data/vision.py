@@ -405,10 +405,14 @@ def load_image_data(
     test_subset: int | None = None,
     download: bool = True,
     classes: list[int] | None = None,
+    canvas: int | None = None,
+    background_class: bool = False,
 ) -> ImageData:
     """Load `name`, carve a validation split from the training set with a fixed seed, subset if asked.
 
-    With `classes`, only those classes are kept, relabelled 0..k-1 in the order given.
+    With `classes`, only those classes are kept, relabelled 0..k-1 in the order given. `canvas` and
+    `background_class` (28x28 grey sets only) turn every split into canvases or add the background
+    class, seeded from `split_seed` (see dla.data.canvas).
     """
     spec = get_spec(name)
     full_train, test, source = load_arrays(name, root, download)
@@ -428,4 +432,19 @@ def load_image_data(
     val = ImageSet(full_train.x[val_idx], full_train.y[val_idx])
     if test_subset is not None:
         test = ImageSet(test.x[:test_subset], test.y[:test_subset])
+    if canvas is not None or background_class:
+        option = "data.canvas" if canvas is not None else "data.background_class"
+        if spec.shape != (1, 28, 28):
+            raise DataError(f"{option}: for the 28x28 grey data sets (mnist, fashion-mnist), not {name}")
+        from dla.data import canvas as cv
+
+        splits = []
+        for i, part in enumerate((train, val, test)):
+            seed = split_seed * 1000 + 17 + i  # one seed per split
+            if canvas is not None:
+                splits.append(ImageSet(cv.paste_single(part.x, canvas, torch.Generator().manual_seed(seed))[0], part.y))
+            else:
+                splits.append(ImageSet(*cv.with_background(part.x, part.y, len(classes or spec.classes), seed)))
+        train, val, test = splits
+        source += f", in {canvas}x{canvas} canvases" if canvas is not None else ", + background class"
     return ImageData(spec, source, train, val, test)

@@ -9,7 +9,9 @@ Layout, after the original lab's network:
               the last block of the network instead ends in an adaptive max-pool to 2x2
     shortcut  identity, or a strided 1x1 conv + BN where shapes change (residual nets only)
     head      "original": FC 32w -> 16w -> 16w -> classes (2048-1024-1024 at w=64)
-              "gap": global average pool, then one linear layer
+              "gap": global average pool, then one linear layer. Its last block does not max-pool
+              to 2x2: the average runs over the whole last feature map (as in ResNet), which is
+              what makes its class activation maps (dla.analysis.cam) exact and not 2x2
 
 Depth rule: `depth` counts conv layers on the main path, stem included: 8 * blocks + 1. A depth
 that is not of that form rounds up, blocks = ceil((depth - 1) / 8), so depth 9, 17 and 48 give
@@ -97,7 +99,7 @@ class CNN(nn.Module):
                 last_in_stage = b == blocks - 1
                 final = last_in_stage and s == STAGES - 1
                 c_out = c if final or not last_in_stage else 2 * c
-                pool = "final" if final else ("max" if last_in_stage else "none")
+                pool = ("final" if cfg.head == "original" else "none") if final else ("max" if last_in_stage else "none")
                 layers.append(Block(c, c_out, cfg.residual, pool))
         self.features = nn.Sequential(*layers)
         c_last = widths[-1]
