@@ -37,6 +37,7 @@ class Runs:
     root: Path  # data root: MNIST and the Inferno
     image: Path  # a tiny MLP on MNIST (with gradients.jsonl)
     lm: Path  # a tiny character-level GPT on the Inferno
+    cnn: Path  # a tiny GAP CNN on MNIST (dla cam, dla detect)
 
 
 @pytest.fixture(scope="session")
@@ -58,7 +59,11 @@ def runs(tmp_path_factory, data_root) -> Runs:
         "train.eval_batches=1", "model.n_embd=16",
     ])
     lm = experiment.train(lm_cfg, root, run_path=base / "runs" / "lm")
-    return Runs(base, root, image.path, lm.path)
+    cnn_cfg = load_experiment("lab1-cnn", ["budget=smoke", "data=mnist", "model.head=gap", "data.train_subset=256",
+                                           "data.val_size=128", "data.test_subset=128", "data.download=false",
+                                           "track.tracker=none"])
+    cnn = experiment.train(cnn_cfg, root, run_path=base / "runs" / "cnn")
+    return Runs(base, root, image.path, lm.path, cnn.path)
 
 
 def tree_hash(path: Path) -> str:
@@ -195,7 +200,7 @@ class Case:
     requires: tuple[str, ...] = ()  # optional pieces the case needs: modules (importorskip) or shared data
 
 
-IMG, LM = "{image}", "{lm}"
+IMG, LM, CNN = "{image}", "{lm}", "{cnn}"
 TINY_TRAIN = ["data.download=false", "track.tracker=none", "runs_dir={tmp}/runs"]
 BAD_YAML = "model:\n  name: mlp\n  hidden: [64, 64\noptim:\n  lr: 1e-3\n"
 
@@ -349,6 +354,32 @@ CASES = [
     Case("predict-truncated-png", ["predict", IMG, "{tmp}/ok.png", "{tmp}/cut.png"], "cut.png",
          damage=lambda f: (write("ok.png", good_png())(f), write("cut.png", good_png()[:len(good_png()) // 2])(f))),
     Case("predict-missing-image", ["predict", IMG, "{tmp}/nowhere.png"], "nowhere.png"),
+    # --- dla cam and dla detect (Lab 1, exercises 2.2 and 2.3)
+    Case("cam-not-an-image", ["cam", CNN, "{tmp}/notes.png"], "notes.png", damage=write("notes.png", "not pixels\n")),
+    Case("cam-truncated-png", ["cam", CNN, "{tmp}/ok.png", "{tmp}/cut.png"], "cut.png",
+         damage=lambda f: (write("ok.png", good_png())(f), write("cut.png", good_png()[:len(good_png()) // 2])(f))),
+    Case("cam-on-mlp", ["cam", IMG], "needs a CNN run"),
+    Case("cam-on-language-model", ["cam", LM], "language-model"),
+    Case("cam-class-out-of-range", ["cam", CNN, "--class", "10"], "--class 10"),
+    Case("cam-class-negative", ["cam", CNN, "--class", "-1"], "--class"),
+    Case("cam-unknown-method", ["cam", CNN, "--method", "lime"], "--method"),
+    Case("cam-n-0", ["cam", CNN, "--n", "0"], "--n"),
+    Case("cam-canvas-too-small", ["cam", CNN, "--pointing-game", "--canvas-size", "20"], "--canvas-size"),
+    Case("cam-canvases-0", ["cam", CNN, "--pointing-game", "--canvases", "0"], "--canvases"),
+    Case("cam-pointing-game-with-images", ["cam", CNN, "{tmp}/ok.png", "--pointing-game"], "--pointing-game",
+         damage=write("ok.png", good_png())),
+    Case("detect-nothing-to-do", ["detect", CNN], "--eval"),
+    Case("detect-not-an-image", ["detect", CNN, "{tmp}/notes.png"], "notes.png", damage=write("notes.png", "no\n")),
+    Case("detect-image-too-small", ["detect", CNN, "{tmp}/tiny.png"], "tiny.png",
+         damage=lambda f: __import__("PIL.Image").Image.new("L", (12, 12)).save(f / "tiny.png")),
+    Case("detect-threshold-1", ["detect", CNN, "--eval", "--threshold", "1"], "--threshold"),
+    Case("detect-threshold-nan", ["detect", CNN, "--eval", "--threshold", "nan"], "--threshold"),
+    Case("detect-stride-0", ["detect", CNN, "--eval", "--stride", "0"], "--stride"),
+    Case("detect-stride-above-net", ["detect", CNN, "--eval", "--stride", "64"], "--stride 64"),
+    Case("detect-sizes-bad", ["detect", CNN, "--eval", "--sizes", "20,big"], "--sizes"),
+    Case("detect-sizes-tiny", ["detect", CNN, "--eval", "--sizes", "2"], "--sizes"),
+    Case("detect-nms-iou-0", ["detect", CNN, "--eval", "--nms-iou", "0"], "--nms-iou"),
+    Case("detect-on-language-model", ["detect", LM, "--eval"], "language-model"),
     # --- a run of the wrong kind for the command
     Case("ood-on-language-model", ["ood", LM, "--n", "8"], "language-model"),
     Case("attack-on-language-model", ["attack", LM, "--n", "8"], "language-model"),
@@ -380,8 +411,8 @@ CASES = [
 def expand(args: list[str], runs: Runs, tmp: Path, run_copy: Path | None) -> list[str]:
     image = str(run_copy) if run_copy is not None else str(runs.image)
     lm = str(run_copy) if run_copy is not None else str(runs.lm)
-    return [a.replace("{image}", image).replace("{lm}", lm).replace("{tmp}", str(tmp)).replace("{root}", str(runs.root))
-            for a in args]
+    return [a.replace("{image}", image).replace("{lm}", lm).replace("{cnn}", str(runs.cnn)).replace("{tmp}", str(tmp))
+            .replace("{root}", str(runs.root)) for a in args]
 
 
 def prepare(case: Case, runs: Runs, tmp: Path) -> list[str]:

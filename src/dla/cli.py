@@ -10,12 +10,15 @@ from pathlib import Path
 
 from dla import __version__
 from dla.cli_types import (
+    canvas_int,
     eps_list,
+    finite_float,
     nonneg_float,
     nonneg_int,
     positive_float,
     positive_int,
     seed_int,
+    size_list,
     top_p_float,
 )
 from dla.errors import DlaError
@@ -171,6 +174,42 @@ def cmd_attack(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_cam(args: argparse.Namespace) -> int:
+    from dla.analysis.cam_study import run_cam, run_pointing_game
+    from dla.build import open_run
+
+    run, _ = open_run(args.run, "dla cam")
+    if args.pointing_game:
+        if args.images:
+            raise DlaError("--pointing-game draws its own canvases of test digits: give no image files")
+        methods = [args.method] if args.method else None
+        result = run_pointing_game(run, methods, args.canvases, args.canvas_size, args.seed, _data_root(args))
+        print(result["header"] + result["table"], end="")
+    else:
+        result = run_cam(run, args.images, args.method, args.cls, args.n, _data_root(args))
+        print("\n".join(result["lines"]))
+    print(f"wrote {result['out']}")
+    return 0
+
+
+def cmd_detect(args: argparse.Namespace) -> int:
+    from dla.analysis.detect_study import run_detect, run_detect_eval
+    from dla.build import open_run
+
+    if not args.images and not args.eval:
+        raise DlaError("give image files to search, or --eval for the measured test canvases")
+    run, _ = open_run(args.run, "dla detect")
+    if args.images:
+        result = run_detect(run, args.images, args.threshold, args.stride, args.sizes, args.nms_iou)
+        print("\n".join(result["lines"]))
+    if args.eval:
+        result = run_detect_eval(run, args.threshold, args.stride, args.sizes, args.nms_iou, args.canvases,
+                                 _data_root(args))
+        print(result["header"] + result["table"], end="")
+    print(f"wrote {result['out']}")
+    return 0
+
+
 def cmd_data_list(args: argparse.Namespace) -> int:
     from dla.data import text
     from dla.data.vision import SPECS, locate
@@ -206,6 +245,9 @@ def cmd_data_import(args: argparse.Namespace) -> int:
     missing = f" (still missing: {', '.join(loc.missing)})" if loc.missing else ""
     print(f"{args.name}: checksums ok, imported into {loc.directory}{missing}")
     return 0
+
+
+CAM_METHODS = ("cam", "gradcam", "gradcam++", "scorecam")  # dla.analysis.cam.METHODS, without importing torch
 
 
 class Parser(argparse.ArgumentParser):
@@ -297,6 +339,31 @@ def build_parser() -> argparse.ArgumentParser:
     from dla.hf.cli import add_hf_parser
 
     add_hf_parser(sub, {"train": cmd_train, "eval": cmd_eval, "write_stream": write_stream, "data_root": _data_root})
+
+    p = sub.add_parser("cam", help="class activation maps of a CNN run: overlays, a gallery, the pointing game (Lab 1.2.3)")
+    p.add_argument("run", help="run directory of a CNN (model.head=gap for --method cam)")
+    p.add_argument("images", nargs="*", help="PNG or JPEG files; none: a gallery of test images")
+    p.add_argument("--method", choices=CAM_METHODS, help="default: cam on a GAP net, else gradcam; "
+                   "--pointing-game: every method that applies")
+    p.add_argument("--class", dest="cls", type=nonneg_int, help="draw the map of this class index (default: the predicted one)")
+    p.add_argument("--n", type=positive_int, default=16, help="gallery images (default 16)")
+    p.add_argument("--pointing-game", action="store_true", help="the pointing game on seeded canvases of test digits")
+    p.add_argument("--canvases", type=positive_int, default=500, help="--pointing-game: canvases (default 500)")
+    p.add_argument("--canvas-size", type=canvas_int, default=64, help="--pointing-game: canvas side in px, 28-512 (default 64)")
+    p.add_argument("--seed", type=seed_int, default=0, help="--pointing-game: canvas seed")
+    p.set_defaults(func=cmd_cam)
+
+    p = sub.add_parser("detect", help="find digits in large images with a run made fully convolutional (Lab 1.2.2)")
+    p.add_argument("run", help="run directory of an MNIST classifier, best with a background class (dla train lab1-fcn)")
+    p.add_argument("images", nargs="*", help="PNG or JPEG files, any size from 28x28 up")
+    p.add_argument("--threshold", type=finite_float(0.0, 1.0, low_open=True, high_open=True), default=0.5,
+                   help="lowest digit probability of a detection, in (0, 1) (default 0.5)")
+    p.add_argument("--stride", type=positive_int, default=4, help="px between windows (default 4; at most the net's stride)")
+    p.add_argument("--sizes", type=size_list, default="20,24,28,34,40", help="digit sizes in px to look for (default 20,24,28,34,40)")
+    p.add_argument("--nms-iou", type=finite_float(0.0, 1.0, low_open=True), default=0.3, help="NMS overlap, in (0, 1] (default 0.3)")
+    p.add_argument("--eval", action="store_true", help="precision, recall, F1 and mAP@0.5 on 500 seeded canvases of MNIST test digits")
+    p.add_argument("--canvases", type=positive_int, default=500, help="--eval: canvases (default 500)")
+    p.set_defaults(func=cmd_detect)
 
     p = sub.add_parser("data", help="list or import data sets (offline use)")
     data_sub = p.add_subparsers(dest="data_command", metavar="ACTION")

@@ -97,3 +97,25 @@ def parse_eps_list(text: str) -> list[float]:
 
 
 eps_list = parse_eps_list
+
+
+def canvas_int(text: str) -> int:
+    """A canvas side in pixels for 28x28 images: an integer in [28, 512]."""
+    value = _int(text)
+    if not 28 <= value <= 512:
+        raise argparse.ArgumentTypeError(f"{value} is not a canvas size in [28, 512] px")
+    return value
+
+
+def size_list(text: str) -> list[int]:
+    """'20,28,40' -> [20, 28, 40]: object sizes in pixels, each in [8, 1024]."""
+    parts = [p.strip() for p in text.split(",") if p.strip()]
+    if not parts:
+        raise argparse.ArgumentTypeError(f"{text!r} holds no size; give e.g. 20,28,40")
+    values = []
+    for part in parts:
+        value = _int(part)
+        if not 8 <= value <= 1024:
+            raise argparse.ArgumentTypeError(f"{value} is not a size in [8, 1024] px")
+        values.append(value)
+    return values
