@@ -78,3 +78,35 @@ def test_adversarial_training_end_to_end_and_dla_attack(data_root, method, monke
     accs = [float(r[3]) for r in rows]
     assert [r[1].strip() for r in rows] == ["0", "0.05", "0.1"] and accs[-1] <= accs[0]
     assert (out / "pgd_accuracy.png").is_file() and (out / "pgd_gallery.png").stat().st_size > 5000
+
+
+def test_the_originals_fgsm_recipe_with_adv_prob_0_is_standard_training(data_root):
+    """train.adversarial=fgsm with adv_prob=0 draws nothing and trains exactly as the standard recipe."""
+    base = ["train.epochs=1", "data.train_subset=512", "model.dropout=0.0"]
+    plain = experiment.train(tiny_config("run_name=plain", *base), data_root)
+    recipe = experiment.train(tiny_config("run_name=recipe", *base, "train.adversarial=fgsm", "train.adv_prob=0",
+                                          "train.adv_eps_dist=uniform", "train.adv_eps=0.3"), data_root)
+    assert plain.read_metrics()[0]["train_loss"] == recipe.read_metrics()[0]["train_loss"]
+    assert plain.read_summary()["test_loss"] == recipe.read_summary()["test_loss"]
+    attacked = experiment.train(tiny_config("run_name=attacked", *base, "train.adversarial=fgsm", "train.adv_prob=0.5",
+                                            "train.adv_eps_dist=uniform", "train.adv_eps=0.3"), data_root)
+    assert attacked.read_metrics()[0]["train_loss"] != plain.read_metrics()[0]["train_loss"]
+
+
+def test_adversarial_batch_replaces_about_adv_prob_of_the_batches_at_uniform_eps(monkeypatch):
+    from dla.config import TrainConfig
+    from dla.train import tasks
+
+    seen = []
+    monkeypatch.setattr(tasks, "fgsm", lambda model, x, y, eps: seen.append(eps) or x + 1)
+    cfg = TrainConfig(adversarial="fgsm", adv_prob=0.5, adv_eps_dist="uniform", adv_eps=0.2)
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.zeros(2, 1, 4, 4), torch.zeros(2, dtype=torch.long)
+    replaced = sum(bool((tasks.adversarial_batch(None, x, y, cfg, g) != x).any()) for _ in range(400))
+    assert 160 <= replaced <= 240 and len(seen) == replaced
+    assert all(0 < e < 0.2 for e in seen) and max(seen) > 0.15 and min(seen) < 0.05
+    fixed = TrainConfig(adversarial="fgsm", adv_eps=0.2)
+    seen.clear()
+    for _ in range(5):
+        tasks.adversarial_batch(None, x, y, fixed, g)
+    assert seen == [0.2] * 5

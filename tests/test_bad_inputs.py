@@ -354,6 +354,9 @@ CASES = [
     Case("predict-truncated-png", ["predict", IMG, "{tmp}/ok.png", "{tmp}/cut.png"], "cut.png",
          damage=lambda f: (write("ok.png", good_png())(f), write("cut.png", good_png()[:len(good_png()) // 2])(f))),
     Case("predict-missing-image", ["predict", IMG, "{tmp}/nowhere.png"], "nowhere.png"),
+    Case("train-adv-prob-above-1", ["train", "lab1-mlp", "train.adversarial=fgsm", "train.adv_prob=1.5", *TINY_TRAIN],
+         "train.adv_prob"),
+    Case("train-adv-eps-dist-unknown", ["train", "lab1-mlp", "train.adv_eps_dist=gaussian", *TINY_TRAIN], "adv_eps_dist"),
     # --- dla cam and dla detect (Lab 1, exercises 2.2 and 2.3)
     Case("cam-not-an-image", ["cam", CNN, "{tmp}/notes.png"], "notes.png", damage=write("notes.png", "not pixels\n")),
     Case("cam-truncated-png", ["cam", CNN, "{tmp}/ok.png", "{tmp}/cut.png"], "cut.png",

@@ -169,8 +169,12 @@ class TrainConfig:
     min_delta: float = 0.0  # the least change that counts as an improvement
     log_every: int = 50  # steps between loss checks and progress-bar updates
     grad_stats_every: int | None = None  # record per-layer gradient/weight norms every N steps (Lab 1.3)
-    adversarial: Literal["none", "fgsm_rs", "pgd"] = "none"  # train on attacks made on the fly (Lab 3.2)
-    adv_eps: float = 0.1  # L-infinity radius in pixel units (8/255 ~ 0.031 for CIFAR)
+    # train on attacks made on the fly (Lab 3.2): fgsm is the original's (no random start), fgsm_rs
+    # Wong et al.'s FGSM from a random start, pgd Madry et al.'s
+    adversarial: Literal["none", "fgsm", "fgsm_rs", "pgd"] = "none"
+    adv_eps: float = 0.1  # L-infinity radius in pixel units (8/255 ~ 0.031 for CIFAR); the largest with uniform
+    adv_prob: float = 1.0  # share of batches replaced by attacks (the original: 0.5)
+    adv_eps_dist: Literal["fixed", "uniform"] = "fixed"  # uniform: each batch's eps drawn from (0, adv_eps) (the original)
     adv_alpha: float | None = None  # step; default 1.25 * eps (fgsm_rs) or 2.5 * eps / steps (pgd)
     adv_steps: int = 7  # pgd steps
 
@@ -182,6 +186,8 @@ class TrainConfig:
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ConfigError(f"train.label_smoothing: must be in [0, 1), got {self.label_smoothing}")
         check_positive(self, "adv_eps", "adv_alpha", "adv_steps", prefix="train.")
+        if not 0.0 <= self.adv_prob <= 1.0:
+            raise ConfigError(f"train.adv_prob: must be in [0, 1], got {self.adv_prob}")
         if self.adv_eps > 1:
             raise ConfigError(f"train.adv_eps: must be in (0, 1] (pixel units; 8/255 ~ 0.031), got {self.adv_eps}")
         if self.min_delta < 0:

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from accelerate import Accelerator
 from torch import nn
 
-from dla.attacks import fgsm_rs, pgd
+from dla.attacks import fgsm, fgsm_rs, pgd
 from dla.config import TrainConfig
 from dla.data.batches import batches_per_epoch, eval_batches, train_batches
 from dla.data.text import TextData, last_position_windows, random_windows, tiled_windows
@@ -353,8 +353,23 @@ def macro_f1(confusion: torch.Tensor) -> float:
 
 
 def adversarial_batch(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig, generator) -> torch.Tensor:
-    """Replace a batch by attacks on the current model (fast FGSM with random start, or PGD)."""
+    """Replace a batch, with probability `adv_prob`, by attacks on the current model (FGSM, FGSM
+    from a random start, or PGD) at `adv_eps`, or at an eps drawn from U(0, adv_eps) per batch.
+    The draws come from the run's generator (saved with every checkpoint, the same on every
+    process); with adv_prob 0 nothing is drawn, so training is the standard one."""
+    if cfg.adv_prob == 0:
+        return x
+    dev = generator.device
+    if cfg.adv_prob < 1 and float(torch.rand(1, generator=generator, device=dev)) >= cfg.adv_prob:
+        return x
+    eps = cfg.adv_eps
+    if cfg.adv_eps_dist == "uniform":
+        eps = cfg.adv_eps * float(torch.rand(1, generator=generator, device=dev))
+        if eps == 0:
+            return x
     with autocast(x.device, cfg.precision):
+        if cfg.adversarial == "fgsm":
+            return fgsm(model, x, y, eps)
         if cfg.adversarial == "fgsm_rs":
-            return fgsm_rs(model, x, y, cfg.adv_eps, cfg.adv_alpha, generator=generator)
-        return pgd(model, x, y, cfg.adv_eps, cfg.adv_alpha, cfg.adv_steps, generator=generator)
+            return fgsm_rs(model, x, y, eps, cfg.adv_alpha, generator=generator)
+        return pgd(model, x, y, eps, cfg.adv_alpha, cfg.adv_steps, generator=generator)
