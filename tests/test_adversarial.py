@@ -57,6 +57,41 @@ def test_attacks_raise_the_loss_and_targeted_fgsm_lowers_the_target_loss(model_a
     assert ce(fgsm(model, x, target, 0.1, targeted=True), target) < ce(x, target)
 
 
+def test_targeted_fgsm_and_pgd_match_torchattacks_targeted_mode(model_and_batch):
+    model, x, y = model_and_batch
+    target = (y + 3) % 10
+    theirs = torchattacks.FGSM(model, eps=8 / 255)
+    theirs.set_mode_targeted_by_label(quiet=True)
+    assert torch.allclose(fgsm(model, x, target, 8 / 255, targeted=True), theirs(x, target), atol=1e-6)
+    theirs = torchattacks.PGD(model, eps=8 / 255, alpha=2 / 255, steps=5, random_start=False)
+    theirs.set_mode_targeted_by_label(quiet=True)
+    ours = pgd(model, x, target, eps=8 / 255, alpha=2 / 255, steps=5, random_start=False, targeted=True)
+    assert torch.allclose(ours, theirs(x, target), atol=1e-6)
+
+
+def test_targeted_success_rate_on_a_toy_model_with_known_gradients():
+    """logits (x0, x1, 0.5) at x = (0.8, 0.2): a targeted step of eps moves x0 down and x1 up (to class 1)
+    or both down (to class 2); either target wins exactly when eps > 0.3."""
+    from dla.analysis.adversarial import accuracy_under_attack, choose_targets
+
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(2, 3))
+    with torch.no_grad():
+        model[1].weight.copy_(torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.0, 0.0]]))
+        model[1].bias.copy_(torch.tensor([0.0, 0.0, 0.5]))
+    x = torch.tensor([0.8, 0.2]).view(1, 1, 1, 2).repeat(4, 1, 1, 1)
+    y = torch.zeros(4, dtype=torch.long)
+    targets = torch.tensor([1, 1, 2, 2])
+    for method in ("fgsm", "pgd"):
+        rows = accuracy_under_attack(model, x, y, method, [0.0, 0.2, 0.35], steps=1, targets=targets)
+        assert [r["success"] for r in rows] == [0.0, 0.0, 1.0], method
+        assert [r["acc"] for r in rows] == [1.0, 1.0, 0.0], method
+    assert choose_targets(model, x, y, "least-likely", 3).tolist() == [1, 1, 1, 1]  # 0.2 < 0.5 < 0.8
+    labels = torch.randint(0, 10, (500,), generator=torch.Generator().manual_seed(1))
+    random = choose_targets(None, None, labels, "random", 10)
+    assert not (random == labels).any() and len(set(random.tolist())) == 10
+    assert choose_targets(None, None, labels, 7, 10).eq(7).all()
+
+
 def test_parse_eps():
     assert parse_eps("0, 8/255,0.1") == [0.0, 8 / 255, 0.1]
     with pytest.raises(ValueError, match="--eps"):
@@ -78,6 +113,10 @@ def test_adversarial_training_end_to_end_and_dla_attack(data_root, method, monke
     accs = [float(r[3]) for r in rows]
     assert [r[1].strip() for r in rows] == ["0", "0.05", "0.1"] and accs[-1] <= accs[0]
     assert (out / "pgd_accuracy.png").is_file() and (out / "pgd_gallery.png").stat().st_size > 5000
+    assert main(["attack", str(run.path), "--method", "fgsm", "--eps", "0,0.2", "--n", "64", "--target", "least-likely"]) == 0
+    table = (out / "fgsm_target-least-likely.md").read_text()
+    assert "| target success (%) |" in table.splitlines()[2] and "targeted (least-likely)" in table
+    assert (out / "fgsm_target-least-likely_gallery.png").stat().st_size > 5000
 
 
 def test_the_originals_fgsm_recipe_with_adv_prob_0_is_standard_training(data_root):

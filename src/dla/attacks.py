@@ -61,11 +61,13 @@ def fgsm_rs(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, alph
     return pgd(model, x, y, eps, alpha=1.25 * eps if alpha is None else alpha, steps=1, generator=generator)
 
 
-def attack(method: str, model: nn.Module, x, y, eps: float, steps: int = 10, alpha: float | None = None):
+def attack(method: str, model: nn.Module, x, y, eps: float, steps: int = 10, alpha: float | None = None,
+           targeted: bool = False):
+    """`method` at radius eps; untargeted, `y` are the true labels; targeted, `y` are the targets."""
     if eps == 0:
         return x
     if method == "fgsm":
-        return fgsm(model, x, y, eps)
+        return fgsm(model, x, y, eps, targeted=targeted)
     if method == "pgd":
-        return pgd(model, x, y, eps, alpha, steps, generator=torch.Generator().manual_seed(0))
+        return pgd(model, x, y, eps, alpha, steps, targeted=targeted, generator=torch.Generator().manual_seed(0))
     raise ValueError(f"unknown attack {method!r}; valid: fgsm, pgd")

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from dla import __version__
 from dla.cli_types import (
+    attack_target,
     canvas_int,
     eps_list,
     finite_float,
@@ -167,7 +168,7 @@ def cmd_attack(args: argparse.Namespace) -> int:
     from dla.build import open_run
 
     run, _ = open_run(args.run, "dla attack")
-    result = run_attack(run, args.method, args.eps, args.steps, args.n, _data_root(args))
+    result = run_attack(run, args.method, args.eps, args.steps, args.n, _data_root(args), args.target)
     print(result["header"] + result["table"], end="")
     print(f"wrote {result['out']}")
     _report_after(args, run.path)
@@ -333,6 +334,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="comma-separated, each in [0, 1], e.g. 0,8/255")
     p.add_argument("--steps", type=positive_int, default=10, help="PGD steps (step size 2.5 eps / steps)")
     p.add_argument("--n", type=positive_int, default=1000, help="test images to attack (default 1000)")
+    p.add_argument("--target", type=attack_target, help="a targeted attack: a class index, random (a class other "
+                   "than the true one) or least-likely (of the clean prediction); the table adds the success rate")
     p.add_argument("--report", action="store_true", help="then write the HTML report of the runs folder into report/ (as dla report does)")
     p.set_defaults(func=cmd_attack)
 

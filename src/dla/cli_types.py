@@ -119,3 +119,16 @@ def size_list(text: str) -> list[int]:
             raise argparse.ArgumentTypeError(f"{value} is not a size in [8, 1024] px")
         values.append(value)
     return values
+
+
+def attack_target(text: str) -> int | str:
+    """A targeted attack's target: a class index (>= 0), `random` or `least-likely`."""
+    if text in ("random", "least-likely"):
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a class index, random or least-likely") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value} is not a class index (>= 0)")
+    return value

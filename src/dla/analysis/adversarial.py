@@ -26,27 +26,52 @@ def parse_eps(text: str) -> list[float]:
         raise ValueError(f"--eps: {text!r} is not a comma-separated list of numbers or fractions like 8/255") from None
 
 
+def choose_targets(model: nn.Module, x: torch.Tensor, y: torch.Tensor, target: int | str, num_classes: int,
+                   seed: int = 0) -> torch.Tensor:
+    """Target labels for a targeted attack: class C for every image, a random class other than the
+    true one (seeded), or the least likely class of the clean prediction."""
+    if isinstance(target, int):
+        return torch.full_like(y, target)
+    if target == "random":
+        shift = torch.randint(1, num_classes, y.shape, generator=torch.Generator().manual_seed(seed))
+        return (y + shift) % num_classes
+    if target == "least-likely":
+        with torch.inference_mode():
+            return torch.cat([model(x[i : i + 256]).argmin(1) for i in range(0, len(x), 256)])
+    raise ValueError(f"unknown target {target!r}; valid: a class index, random, least-likely")
+
+
 def accuracy_under_attack(
     model: nn.Module, x: torch.Tensor, y: torch.Tensor, method: str, epsilons: Sequence[float],
-    steps: int = 10, batch_size: int = 256,
+    steps: int = 10, batch_size: int = 256, targets: torch.Tensor | None = None,
 ) -> list[dict]:
-    """Accuracy of `model` (in eval mode) on adversarial versions of (x, y) at each eps."""
+    """Accuracy of `model` (in eval mode) on adversarial versions of (x, y) at each eps. With
+    `targets`, the attack is targeted and each row also has the success rate: the share of images
+    now classified as their target."""
     model.eval()
     rows = []
     for eps in epsilons:
-        correct = 0
+        correct = hit = 0
         for i in range(0, len(y), batch_size):
             xb, yb = x[i : i + batch_size], y[i : i + batch_size]
-            adv = attack(method, model, xb, yb, eps, steps)
+            tb = None if targets is None else targets[i : i + batch_size]
+            adv = attack(method, model, xb, yb if tb is None else tb, eps, steps, targeted=tb is not None)
             with torch.inference_mode():
-                correct += int((model(adv).argmax(1) == yb).sum())
-        rows.append({"eps": eps, "eps_255": eps * 255, "acc": correct / len(y)})
+                pred = model(adv).argmax(1)
+            correct += int((pred == yb).sum())
+            if tb is not None:
+                hit += int((pred == tb).sum())
+        row = {"eps": eps, "eps_255": eps * 255, "acc": correct / len(y)}
+        if targets is not None:
+            row["success"] = hit / len(y)
+        rows.append(row)
     return rows
 
 
 def plot_gallery(model: nn.Module, x: torch.Tensor, y: torch.Tensor, classes: Sequence[str], method: str,
-                 epsilons: Sequence[float], path, steps: int = 10):
-    """Rows: examples; columns: clean, then (perturbation, adversarial image) per eps, with predictions."""
+                 epsilons: Sequence[float], path, steps: int = 10, targets: torch.Tensor | None = None):
+    """Rows: examples; columns: clean, then (perturbation, adversarial image) per eps, with predictions
+    (and, for a targeted attack, each image's target)."""
     model.eval()
     eps_list = [e for e in epsilons if e > 0][:3]
     cols = 1 + 2 * len(eps_list)
@@ -63,9 +88,10 @@ def plot_gallery(model: nn.Module, x: torch.Tensor, y: torch.Tensor, classes: Se
         clean_probs = model(x).softmax(1)
     for i in range(len(x)):
         p, c = clean_probs[i].max(0)
-        show(axes[i][0], x[i], f"clean: {classes[c]} {p:.2f}\n(true {classes[y[i]]})")
+        aim = "" if targets is None else f", target {classes[targets[i]]}"
+        show(axes[i][0], x[i], f"clean: {classes[c]} {p:.2f}\n(true {classes[y[i]]}{aim})")
     for j, eps in enumerate(eps_list):
-        adv = attack(method, model, x, y, eps, steps)
+        adv = attack(method, model, x, y if targets is None else targets, eps, steps, targeted=targets is not None)
         with torch.inference_mode():
             probs = model(adv).softmax(1)
         for i in range(len(x)):

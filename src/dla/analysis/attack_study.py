@@ -32,10 +32,16 @@ def check_attack_args(method: str, epsilons: Sequence[float], steps: int, n: int
         raise DlaError(f"--n: must be >= 1, got {n}")
 
 
+TARGETED_COLUMNS = (*COLUMNS, ("target success (%)", "success", "pct"))
+
+
 def run_attack(run: RunDir, method: str, epsilons: Sequence[float], steps: int, n: int,
-               data_root: Path) -> dict[str, Any]:
-    """Attack `n` test images of an image-classifier run at each eps; write RUN/attack/ atomically."""
-    from dla.analysis.adversarial import accuracy_under_attack, plot_gallery
+               data_root: Path, target: int | str | None = None) -> dict[str, Any]:
+    """Attack `n` test images of an image-classifier run at each eps; write RUN/attack/ atomically.
+
+    With `target` (a class index, "random" or "least-likely") the attack is targeted; images whose
+    true class is the target are left out, and the table adds the success rate."""
+    from dla.analysis.adversarial import accuracy_under_attack, choose_targets, plot_gallery
     from dla.data.batches import to_unit_float
     from dla.data.ood import sample
     from dla.experiment import class_names, load_data, load_run_model
@@ -45,17 +51,32 @@ def run_attack(run: RunDir, method: str, epsilons: Sequence[float], steps: int, 
     check_attack_args(method, epsilons, steps, n)
     require_run_kind(load_run_config(run), "image-classifier", "dla attack", run.path)
     model, cfg = load_run_model(run)
+    classes = class_names(cfg)
+    if isinstance(target, int) and not 0 <= target < len(classes):
+        raise DlaError(f"--target {target}: {run.path} has {len(classes)} classes (0-{len(classes) - 1})")
     data = load_data(cfg, data_root)
     test = sample(data.test, n, 0)
     x, y = to_unit_float(test.x), test.y
-    rows = accuracy_under_attack(model, x, y, method, list(epsilons), steps)
-    table = markdown_table(rows, COLUMNS)
-    header = f"{method} on {len(y)} {data.source} test images; run {run.path}\n\n"
+    targets = None
+    if target is not None:
+        targets = choose_targets(model, x, y, target, len(classes))
+        keep = targets != y
+        x, y, targets = x[keep], y[keep], targets[keep]
+        if not len(y):
+            raise DlaError(f"--target {target}: every sampled image already is of the target class")
+    rows = accuracy_under_attack(model, x, y, method, list(epsilons), steps, targets=targets)
+    table = markdown_table(rows, COLUMNS if targets is None else TARGETED_COLUMNS)
+    aim = "" if target is None else f", targeted ({'class ' + classes[target] if isinstance(target, int) else target})"
+    header = f"{method}{aim} on {len(y)} {data.source} test images; run {run.path}\n\n"
+    name = method if target is None else f"{method}_target-{target}"
     out = run.path / "attack"
     with atomic_dir(out) as tmp:
-        (tmp / f"{method}.md").write_text(header + table)
-        plot_xy({method: [(r["eps_255"], 100 * r["acc"]) for r in rows]}, tmp / f"{method}_accuracy.png",
-                xlabel="eps (x 1/255)", ylabel="test accuracy (%)")
-        plot_gallery(model, x[:6], y[:6], class_names(cfg), method, list(epsilons),
-                     tmp / f"{method}_gallery.png", steps)
+        (tmp / f"{name}.md").write_text(header + table)
+        series = {"accuracy": [(r["eps_255"], 100 * r["acc"]) for r in rows]}
+        if targets is not None:
+            series["target success"] = [(r["eps_255"], 100 * r["success"]) for r in rows]
+        plot_xy(series if targets is not None else {method: series["accuracy"]}, tmp / f"{name}_accuracy.png",
+                xlabel="eps (x 1/255)", ylabel="test accuracy (%)" if targets is None else "%")
+        plot_gallery(model, x[:6], y[:6], classes, method, list(epsilons), tmp / f"{name}_gallery.png", steps,
+                     None if targets is None else targets[:6])
     return {"rows": rows, "header": header, "table": table, "out": out}
