@@ -1,6 +1,7 @@
 """Lab 3.1/3.3: OOD scores, metrics, ODIN and its grid, Mahalanobis, and `dla ood` end to end."""
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -115,8 +116,13 @@ def fashion_run(data_root, tmp_path):
 
 @pytest.mark.slow
 def test_dla_ood_writes_table_and_plots(fashion_run, data_root):
-    rows = run_ood(fashion_run, ["mnist", "noise-uniform", "heldout"], list(ood.DETECTORS), data_root, n=200)
-    assert len(rows) == 3 * len(ood.DETECTORS)
+    folder = fashion_run.path.parent / "my scans"
+    folder.mkdir()
+    for i in range(12):
+        _save(folder / f"{i}.png", "RGB" if i % 2 else "L", (30 + i, 40), i)
+    rows = run_ood(fashion_run, ["mnist", "noise-uniform", "heldout", str(folder)], list(ood.DETECTORS), data_root, n=200)
+    assert len(rows) == 4 * len(ood.DETECTORS)
+    assert {r["ood"] for r in rows} == {"mnist", "noise-uniform", "heldout", "my_scans"}
     assert all(0.0 <= r["auroc"] <= 1.0 and 0.0 <= r["fpr95"] <= 1.0 for r in rows)
     out = fashion_run.path / "ood"
     table = (out / "table.md").read_text()
@@ -130,3 +136,72 @@ def test_dla_ood_writes_table_and_plots(fashion_run, data_root):
     assert result["best_on_val"]["val"] >= result["baseline"]["val"]
     for name in ("odin_grid.md", "odin_heatmap.png", "odin_auroc_vs_eps.png"):
         assert (out / name).is_file()
+
+
+def _save(path, mode, size, seed):
+    from PIL import Image
+
+    g = torch.Generator().manual_seed(seed)
+    c = 1 if mode == "L" else 3
+    arr = torch.randint(0, 256, (size[1], size[0], c), generator=g, dtype=torch.uint8).numpy()
+    Image.fromarray(arr[..., 0] if c == 1 else arr, mode).save(path)
+
+
+def test_user_ood_folder_and_npz_adapt_to_the_runs_shape(tmp_path):
+    from dla.data.ood import user_images, user_set_label
+
+    folder = tmp_path / "my photos"
+    (folder / "sub").mkdir(parents=True)
+    _save(folder / "a.png", "L", (40, 30), 0)
+    _save(folder / "b.jpg", "RGB", (64, 64), 1)
+    _save(folder / "sub" / "c.bmp", "RGB", (20, 50), 2)
+    (folder / "notes.txt").write_text("not an image, and not an image suffix: skipped")
+    x = user_images(str(folder), (1, 28, 28), n=10)
+    assert x.shape == (3, 1, 28, 28) and 0 <= float(x.min()) and float(x.max()) <= 1
+    assert user_images(str(folder), (3, 32, 32), n=2).shape == (2, 3, 32, 32)
+    assert user_set_label(str(folder)) == "my_photos"
+    nhwc = np.random.default_rng(0).integers(0, 256, (7, 30, 30, 3), dtype=np.uint8)
+    np.savez(tmp_path / "mine.npz", images=nhwc)
+    x = user_images(str(tmp_path / "mine.npz"), (1, 28, 28), n=5)
+    assert x.shape == (5, 1, 28, 28)
+    full = user_images(str(tmp_path / "mine.npz"), (3, 30, 30), n=100)
+    assert torch.allclose(full, torch.from_numpy(nhwc).permute(0, 3, 1, 2).float() / 255)
+    np.savez(tmp_path / "floats.npz", images=np.full((4, 1, 28, 28), 0.25, dtype=np.float32))
+    assert float(user_images(str(tmp_path / "floats.npz"), (1, 28, 28), n=4).mean()) == pytest.approx(0.25)
+    assert user_set_label(str(tmp_path / "floats.npz")) == "floats"
+
+
+@pytest.mark.parametrize("kind, expect", [
+    ("empty", "no image files"), ("damaged", "broken.png"), ("no-images-key", "no 'images' array"),
+    ("bad-shape", "'images' must be"), ("out-of-range", "in [0, 1]"), ("missing", "no such folder"),
+    ("garbage-npz", "damaged .npz"), ("text-file", "a folder of images or an .npz"),
+])
+def test_user_ood_sets_refuse_bad_files_in_one_line(tmp_path, kind, expect):
+    from dla.data.ood import user_images
+    from dla.errors import DlaError
+
+    target = tmp_path / "set"
+    if kind == "empty":
+        target.mkdir()
+    elif kind == "damaged":
+        target.mkdir()
+        _save(target / "ok.png", "L", (28, 28), 0)
+        (target / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    elif kind == "no-images-key":
+        target = tmp_path / "set.npz"
+        np.savez(target, pictures=np.zeros((2, 28, 28), np.uint8))
+    elif kind == "bad-shape":
+        target = tmp_path / "set.npz"
+        np.savez(target, images=np.zeros((2, 5, 28, 28), np.uint8))
+    elif kind == "out-of-range":
+        target = tmp_path / "set.npz"
+        np.savez(target, images=np.full((2, 28, 28), 3.0, np.float32))
+    elif kind == "garbage-npz":
+        target = tmp_path / "set.npz"
+        target.write_bytes(b"PK\x03\x04 garbage")
+    elif kind == "text-file":
+        target = tmp_path / "set.csv"
+        target.write_text("a,b\n")
+    with pytest.raises(DlaError, match=re.escape(expect)) as info:
+        user_images(str(target), (1, 28, 28), n=10)
+    assert "\n" not in str(info.value)

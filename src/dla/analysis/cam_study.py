@@ -66,7 +66,7 @@ def _safe_name(path: str, used: set[str]) -> str:
 def run_cam(run: RunDir, images: Sequence[str], method: str | None, cls: int | None, n: int,
             data_root: Path) -> dict[str, Any]:
     """Overlays for image files, or a gallery of `n` test images; returns what was written."""
-    from dla.analysis.predict import read_image
+    from dla.data.imagefile import read_image
     from dla.build import load_data
     from dla.data.batches import to_unit_float
     from dla.report.plots import pyplot, save_figure

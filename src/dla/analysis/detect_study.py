@@ -85,7 +85,7 @@ def _image(ax, x: torch.Tensor) -> None:
 def run_detect(run: RunDir, images: Sequence[str], threshold: float, step: int, sizes: Sequence[int],
                nms_iou: float) -> dict[str, Any]:
     from dla.analysis.cam_study import _safe_name
-    from dla.analysis.predict import read_image
+    from dla.data.imagefile import read_image
     from dla.report.plots import pyplot, save_figure
 
     check_detect_args(threshold, step, sizes, nms_iou, 1)

@@ -19,7 +19,7 @@ from dla.analysis import ood
 from dla.build import load_data, load_run_model
 from dla.config import load_run_config, require_run_kind
 from dla.data.batches import to_unit_float
-from dla.data.ood import OOD_SETS, ood_images, sample
+from dla.data.ood import OOD_SETS, check_user_set, is_user_set, ood_images, sample, user_images, user_set_label
 from dla.data.vision import drop_classes, get_spec, load_arrays
 from dla.errors import DlaError
 from dla.io import atomic_dir
@@ -61,9 +61,13 @@ def check_ood_args(run: RunDir, ood_sets: list[str], n: int, odin_t: float = 1.0
         raise DlaError("--ood heldout needs a run trained with data.classes=[...] (e.g. [0,1,2,3,4,5])")
     if not ood_sets:
         raise DlaError(f"--ood: give at least one OOD set; valid: {', '.join((*OOD_SETS, 'heldout'))}")
-    unknown = [s for s in ood_sets if s not in (*OOD_SETS, "heldout")]
+    unknown = [s for s in ood_sets if s not in (*OOD_SETS, "heldout") and not is_user_set(s)]
     if unknown:
-        raise DlaError(f"--ood: unknown OOD set {unknown[0]!r}; valid: {', '.join((*OOD_SETS, 'heldout'))}")
+        raise DlaError(f"--ood: unknown OOD set {unknown[0]!r}; valid: {', '.join((*OOD_SETS, 'heldout'))}, "
+                       f"or a folder of images or an .npz file")
+    for s in ood_sets:
+        if is_user_set(s):
+            check_user_set(s)
     if n < 1:
         raise DlaError(f"--n: must be >= 1, got {n}")
     if not (math.isfinite(odin_t) and odin_t > 0):
@@ -79,6 +83,8 @@ def ood_set_images(name: str, cfg, data_root: Path, n: int, seed: int) -> torch.
             raise DlaError("--ood heldout needs a run trained with data.classes=[...] (e.g. [0,1,2,3,4,5])")
         _, test, _ = load_arrays(cfg.data.name, data_root, cfg.data.download)
         return to_unit_float(sample(drop_classes(test, cfg.data.classes), n, seed).x)
+    if is_user_set(name):
+        return user_images(name, get_spec(cfg.data.name).shape, n, seed)
     return ood_images(name, get_spec(cfg.data.name).shape, data_root, n, seed, cfg.data.download)
 
 
@@ -117,8 +123,9 @@ def run_ood(
 def _score_sets(model, cfg, data, x_id, maha, ood_sets, detectors, data_root, n, odin_t, odin_eps, seed, out):
     id_scores = {d: detector_scores(d, model, x_id, maha, odin_t, odin_eps) for d in detectors}
     rows = []
-    for name in ood_sets:
-        x_ood = ood_set_images(name, cfg, data_root, n, seed)
+    for path in ood_sets:
+        x_ood = ood_set_images(path, cfg, data_root, n, seed)
+        name = user_set_label(path)
         pairs = {}
         for d in detectors:
             s_ood = detector_scores(d, model, x_ood, maha, odin_t, odin_eps)

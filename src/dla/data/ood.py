@@ -2,18 +2,23 @@
 
 Real sets (MNIST, Fashion-MNIST, the CIFAR-10 test split) are resized and converted between grey
 and RGB (grey is tiled to three channels; RGB is averaged to grey); synthetic sets are uniform
-noise and Gaussian noise (mean 0.5, std 0.25, clamped). All come back as float images in [0, 1].
+noise and Gaussian noise (mean 0.5, std 0.25, clamped). A user's own set is a folder of image
+files (any size, grey or colour) or an .npz file with an `images` array (`user_images`). All come
+back as float images in [0, 1].
 """
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from dla.data.batches import to_unit_float
-from dla.data.vision import SPECS, ImageSet, load_arrays
+from dla.data.imagefile import IMAGE_SUFFIXES, read_image
+from dla.data.vision import DAMAGED, SPECS, ImageSet, damaged, load_arrays
 from dla.errors import DataError
 
 SYNTHETIC = ("noise-uniform", "noise-gaussian")
@@ -71,3 +76,71 @@ def _torchvision_test(name: str, root: Path, download: bool) -> ImageSet:
         reason = (str(exc).splitlines() or [type(exc).__name__])[0][:100]
         offline = ", ".join(s for s in OOD_SETS if s not in ONLINE_ONLY)
         raise DataError(f"{name} comes from torchvision and needs a network ({reason}); offline use: {offline}") from None
+
+
+def is_user_set(name: str) -> bool:
+    """An --ood entry that names a folder or an .npz file rather than a built-in set."""
+    return name not in OOD_SETS and name != "heldout" and ("/" in name or name.endswith(".npz") or Path(name).exists())
+
+
+def user_set_label(name: str) -> str:
+    """A short name for a user's set in tables and file names: its folder or file name."""
+    if not is_user_set(name):
+        return name
+    stem = Path(name.rstrip("/")).name
+    stem = stem[:-4] if stem.endswith(".npz") else stem
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", stem) or "user-set"
+
+
+def check_user_set(name: str) -> None:
+    path = Path(name)
+    if not path.exists():
+        raise DataError(f"--ood {name}: no such folder or .npz file")
+    if path.is_file() and path.suffix != ".npz":
+        raise DataError(f"--ood {name}: a folder of images or an .npz file with an 'images' array, not a {path.suffix or 'plain'} file")
+
+
+def _npz_images(path: Path) -> torch.Tensor:
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            if "images" not in z.files:
+                raise DataError(f"{path}: no 'images' array (it holds: {', '.join(z.files) or 'nothing'})")
+            arr = z["images"]
+    except DataError:
+        raise
+    except DAMAGED as exc:
+        raise damaged(path, exc, ".npz archive") from None
+    if arr.ndim == 3:
+        arr = arr[:, None]
+    elif arr.ndim == 4 and arr.shape[-1] in (1, 3) and arr.shape[1] not in (1, 3):
+        arr = arr.transpose(0, 3, 1, 2)  # N, H, W, C
+    if arr.ndim != 4 or arr.shape[1] not in (1, 3) or len(arr) == 0:
+        raise DataError(f"{path}: 'images' must be N x H x W, N x H x W x C or N x C x H x W with C 1 or 3 "
+                        f"and N >= 1, got shape {arr.shape}")
+    if arr.dtype == np.uint8:
+        return torch.from_numpy(np.ascontiguousarray(arr)).float().div_(255)
+    if np.issubdtype(arr.dtype, np.floating):
+        x = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32))
+        if not torch.isfinite(x).all() or x.min() < 0 or x.max() > 1:
+            raise DataError(f"{path}: float 'images' must be finite and in [0, 1]")
+        return x
+    raise DataError(f"{path}: 'images' must be uint8 (0-255) or float in [0, 1], not {arr.dtype}")
+
+
+def user_images(name: str, shape: tuple[int, int, int], n: int, seed: int = 0) -> torch.Tensor:
+    """Up to `n` images (seeded) of a user's folder or .npz, converted to `shape`: resized, grey or RGB."""
+    check_user_set(name)
+    path = Path(name)
+    c, h, w = shape
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        if not files:
+            raise DataError(f"{path}: no image files ({', '.join(IMAGE_SUFFIXES)}) in this folder")
+        if n < len(files):
+            idx = torch.randperm(len(files), generator=torch.Generator().manual_seed(seed))[:n].sort().values
+            files = [files[i] for i in idx.tolist()]
+        return torch.stack([read_image(f, "L" if c == 1 else "RGB", (w, h)) for f in files])
+    x = _npz_images(path)
+    if n < len(x):
+        x = x[torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[:n]]
+    return to_shape(x, shape)
