@@ -7,7 +7,8 @@ Methods (`METHODS`):
   block's features A, since the logit is its average plus the bias. dla's own: it is the lab's
   exercise and a few lines long.
 - `gradcam`, `gradcam++`, `scorecam` from the field's library `grad-cam` (pytorch-grad-cam), on the
-  same layer; they work for any CNN, `head=original` included.
+  same layer; they work for any CNN, `head=original` included (there on the last map before the
+  head's 2x2 max-pool).
 
 Every method's map goes through the same steps as the library's: ReLU, bilinear upsampling to the
 input and min-max scaling to [0, 1]. On a GAP net Grad-CAM's channel weights are w_ck / (h w), so
@@ -47,8 +48,11 @@ def has_gap_head(model: nn.Module) -> bool:
 
 
 def target_layer(model: nn.Module) -> nn.Module:
-    """The layer every method reads: the CNN's last block (for a GAP net, what the average pools)."""
-    return cnn_of(model).features[-1]
+    """The layer every method reads: the last block's output for a GAP net (what the average pools);
+    with the original head, the last block's final ReLU, before its adaptive max-pool to 2x2, so that
+    the map keeps the last stage's resolution."""
+    last = cnn_of(model).features[-1]
+    return last if has_gap_head(model) else last.body[-2]
 
 
 def check_method(model: nn.Module, method: str) -> None:
