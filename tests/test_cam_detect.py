@@ -173,6 +173,7 @@ def detector(tmp_path_factory, data_root):
     return experiment.train(cfg, data_root, run_path=tmp_path_factory.mktemp("fcn") / "run")
 
 
+@pytest.mark.slow
 def test_detection_finds_one_large_clean_digit(detector, data_root):
     from dla.build import load_run_model
 
@@ -194,6 +195,7 @@ def test_detection_finds_one_large_clean_digit(detector, data_root):
                  torch.tensor([[30.0, 40.0, 58.0, 68.0]]), test.y[i : i + 1]) == (1, 0, 0)
 
 
+@pytest.mark.slow
 def test_detect_cli_writes_its_files(detector, data_root, tmp_path, capsys):
     from PIL import Image
 
@@ -220,6 +222,7 @@ def gap_run(tmp_path_factory, data_root):
     return experiment.train(cfg, data_root, run_path=tmp_path_factory.mktemp("gap") / "run")
 
 
+@pytest.mark.slow
 def test_cam_cli_gallery_images_and_pointing_game(gap_run, data_root, tmp_path, capsys):
     from PIL import Image
 
@@ -242,6 +245,7 @@ def test_cam_cli_gallery_images_and_pointing_game(gap_run, data_root, tmp_path, 
     assert "| scorecam |" in out and "| random point |" in out
 
 
+@pytest.mark.slow
 def test_training_on_canvases(data_root):
     cfg = load_experiment("lab1-cnn", ["budget=smoke", "data=mnist", "model.head=gap", "data.canvas=48",
                                        "data.train_subset=256", "data.val_size=64", "data.test_subset=64",

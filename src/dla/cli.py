@@ -359,8 +359,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("detect", help="find digits in large images with a run made fully convolutional (Lab 1.2.2)")
     p.add_argument("run", help="run directory of an MNIST classifier, best with a background class (dla train lab1-fcn)")
     p.add_argument("images", nargs="*", help="PNG or JPEG files, any size from 28x28 up")
-    p.add_argument("--threshold", type=finite_float(0.0, 1.0, low_open=True, high_open=True), default=0.5,
-                   help="lowest digit probability of a detection, in (0, 1) (default 0.5)")
+    p.add_argument("--threshold", type=finite_float(0.0, 1.0, low_open=True, high_open=True), default=0.005,
+                   help="lowest digit probability of a window to keep, in (0, 1) (default 0.005: the best F1 on "
+                   "validation canvases for lab1-fcn; see RESULTS.md)")
     p.add_argument("--stride", type=positive_int, default=4, help="px between windows (default 4; at most the net's stride)")
     p.add_argument("--sizes", type=size_list, default="20,24,28,34,40", help="digit sizes in px to look for (default 20,24,28,34,40)")
     p.add_argument("--nms-iou", type=finite_float(0.0, 1.0, low_open=True), default=0.3, help="NMS overlap, in (0, 1] (default 0.3)")

@@ -59,7 +59,7 @@ def window_probs(fcn: FCN, image: torch.Tensor, size: float, step: int) -> tuple
     return boxes, probs.permute(0, 2, 3, 1)[valid]
 
 
-def detect(fcn: FCN, image: torch.Tensor, background: int | None, threshold: float = 0.5, step: int = 4,
+def detect(fcn: FCN, image: torch.Tensor, background: int | None, threshold: float = 0.005, step: int = 4,
            sizes: tuple[int, ...] = DEFAULT_SIZES, nms_iou: float = 0.3) -> Detections:
     """Digits in one image (C, H, W) in [0, 1]: boxes, classes and scores after NMS, best first."""
     from torchvision.ops import nms
