@@ -121,7 +121,7 @@ def run_cam(run: RunDir, images: Sequence[str], method: str | None, cls: int | N
     maps = heatmaps(model, x[pick], targets, method)
     cols = min(8, len(pick))
     rows = -(-len(pick) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(1.5 * cols, 1.75 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(1.5 * cols, 2.05 * rows), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     for ax, i, heat in zip(axes.flat, pick.tolist(), maps):
