@@ -19,6 +19,16 @@ def cache_home() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "dla"
 
 
+def unique_name(name: str, used: set[str]) -> str:
+    """`name`, else `name-2`, `name-3`, ...: the first not in `used`, which it is added to."""
+    candidate, n = name, 1
+    while candidate in used:
+        n += 1
+        candidate = f"{name}-{n}"
+    used.add(candidate)
+    return candidate
+
+
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     """Write through a temporary file, fsync it, then rename over `path`."""
     path = Path(path)

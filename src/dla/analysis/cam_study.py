@@ -21,7 +21,7 @@ import torch
 
 from dla.analysis.cam import METHODS, argmax_points, check_method, has_gap_head, heatmaps, pointing_game
 from dla.errors import DlaError
-from dla.io import atomic_dir
+from dla.io import atomic_dir, unique_name
 from dla.rundir import RunDir
 
 GREY_28 = (1, 28, 28)
@@ -54,13 +54,7 @@ def _show(ax, image: torch.Tensor, heat: torch.Tensor | None = None, title: str 
 
 
 def _safe_name(path: str, used: set[str]) -> str:
-    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(path).stem) or "image"
-    name, i = stem, 1
-    while name in used:
-        i += 1
-        name = f"{stem}-{i}"
-    used.add(name)
-    return name
+    return unique_name(re.sub(r"[^A-Za-z0-9._-]+", "_", Path(path).stem) or "image", used)
 
 
 def run_cam(run: RunDir, images: Sequence[str], method: str | None, cls: int | None, n: int,

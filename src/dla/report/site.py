@@ -31,7 +31,7 @@ import yaml
 from dla.config import IMAGE_CLASSIFIER as IMAGE, LANGUAGE_MODEL as LM, TEXT_CLASSIFIER as TEXT
 from dla.config import load_run_config, run_kind as config_run_kind
 from dla.errors import DlaError
-from dla.io import atomic_dir
+from dla.io import atomic_dir, unique_name
 from dla.report.html import CSS, JS, esc, fmt, markdown, markdown_rows, page, sort_key, table
 from dla.report.tables import markdown_table, run_columns
 from dla.rundir import RunDir, find_runs
@@ -171,9 +171,9 @@ def group_studies(runs: list[Run]) -> list[Study]:
     used: set[str] = set()
     for study in studies.values():
         study.runs.sort(key=lambda r: _natural(r.name))  # Depth-9 before Depth-17
-        study.slug = _unique(_slug(study.title), used)
+        study.slug = unique_name(_slug(study.title), used)
         for run in study.runs:
-            run.slug = _unique(_slug(f"{study.title}-{run.name}"), used)
+            run.slug = unique_name(_slug(f"{study.title}-{run.name}"), used)
     return list(studies.values())
 
 
@@ -183,15 +183,6 @@ def _natural(text: str) -> list[Any]:
 
 def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-.")[:80] or "x"
-
-
-def _unique(slug: str, used: set[str]) -> str:
-    candidate, n = slug, 1
-    while candidate in used:
-        n += 1
-        candidate = f"{slug}-{n}"
-    used.add(candidate)
-    return candidate
 
 
 def headline(run: Run) -> tuple[str, str, str, bool]:
