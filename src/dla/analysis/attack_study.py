@@ -1,4 +1,10 @@
-"""`dla attack RUN`: accuracy under FGSM or PGD at each eps, with a table, a plot and a gallery.
+"""`dla attack RUN`: accuracy under FGSM, PGD, AutoAttack or Carlini-Wagner L2, with a table, a plot and a gallery.
+
+FGSM and PGD give accuracy at each L-infinity eps (targeted too, with the success rate). AutoAttack
+reports as RobustBench does: clean accuracy, robust accuracy and the number of images, at each eps
+(default 8/255 for colour images, 0.1 for grey 28x28 ones). CW finds a minimal L2 perturbation per
+image; its table gives the accuracy left at each L2 radius (an attack counts only if its
+perturbation is within the radius) and the median L2 norm of the successful perturbations.
 
 Outputs go to RUN/attack/ (METHOD.md, METHOD_accuracy.png, METHOD_gallery.png), written through a
 temporary folder: a run that fails half-way leaves RUN/attack/ as it was.
@@ -16,42 +22,74 @@ from dla.errors import DlaError
 from dla.io import atomic_dir
 from dla.rundir import RunDir
 
-METHODS = ("fgsm", "pgd")
+METHODS = ("fgsm", "pgd", "autoattack", "cw")
+TARGETED_METHODS = ("fgsm", "pgd")
 COLUMNS = (("eps", "eps", "sci"), ("eps x 255", "eps_255", "time"), ("accuracy (%)", "acc", "pct"))
+ROBUST_COLUMNS = (("eps", "eps", "sci"), ("eps x 255", "eps_255", "time"), ("clean accuracy (%)", "clean", "pct"),
+                  ("robust accuracy (%)", "acc", "pct"), ("images", "n", "int"))
+CW_COLUMNS = (("L2 radius", "eps", "float"), ("accuracy (%)", "acc", "pct"), ("images", "n", "int"))
+LINF_DEFAULT = "0,1/255,2/255,4/255,8/255,16/255,32/255"
+CW_RADII = (0.0, 0.1, 0.25, 0.5, 1.0, 2.0)
+DEFAULT_STEPS = {"pgd": 10, "cw": 100}
 
 
-def check_attack_args(method: str, epsilons: Sequence[float], steps: int, n: int) -> None:
+def default_epsilons(method: str, channels: int) -> list[float]:
+    """FGSM/PGD: a sweep up to 32/255; AutoAttack: the field's one budget, 8/255 for colour images
+    and 0.1 for the grey MNIST family; CW: L2 radii."""
+    if method == "autoattack":
+        return [8 / 255 if channels == 3 else 0.1]
+    if method == "cw":
+        return list(CW_RADII)
+    return [i / 255 for i in (0, 1, 2, 4, 8, 16, 32)]
+
+
+def check_attack_args(method: str, epsilons: Sequence[float] | None, steps: int | None, n: int,
+                      target: int | str | None = None, c: float = 1.0) -> None:
     """The ranges `run_attack` accepts (the command line checks them too, as it parses)."""
     if method not in METHODS:
         raise DlaError(f"unknown attack {method!r}; valid: {', '.join(METHODS)}")
-    if not epsilons or any(not (math.isfinite(e) and 0 <= e <= 1) for e in epsilons):
-        raise DlaError(f"--eps: every epsilon must be in [0, 1], got {list(epsilons)}")
-    if steps < 1:
+    if epsilons is not None:
+        if not epsilons or any(not math.isfinite(e) or e < 0 for e in epsilons):
+            raise DlaError(f"--eps: every value must be a finite number >= 0, got {list(epsilons)}")
+        if method != "cw" and any(e > 1 for e in epsilons):
+            raise DlaError(f"--eps: every L-infinity epsilon must be in [0, 1] (pixel units), got {list(epsilons)}")
+    if steps is not None and steps < 1:
         raise DlaError(f"--steps: must be >= 1, got {steps}")
     if n < 1:
         raise DlaError(f"--n: must be >= 1, got {n}")
+    if target is not None and method not in TARGETED_METHODS:
+        raise DlaError(f"--target: targeted attacks are {' and '.join(TARGETED_METHODS)}, not {method}")
+    if not (math.isfinite(c) and c > 0):
+        raise DlaError(f"--c: must be a finite number > 0, got {c}")
 
 
 TARGETED_COLUMNS = (*COLUMNS, ("target success (%)", "success", "pct"))
 
 
-def run_attack(run: RunDir, method: str, epsilons: Sequence[float], steps: int, n: int,
-               data_root: Path, target: int | str | None = None) -> dict[str, Any]:
+def run_attack(run: RunDir, method: str, epsilons: Sequence[float] | None, steps: int | None, n: int,
+               data_root: Path, target: int | str | None = None, c: float = 1.0) -> dict[str, Any]:
     """Attack `n` test images of an image-classifier run at each eps; write RUN/attack/ atomically.
 
     With `target` (a class index, "random" or "least-likely") the attack is targeted; images whose
-    true class is the target are left out, and the table adds the success rate."""
-    from dla.analysis.adversarial import accuracy_under_attack, choose_targets, plot_gallery
+    true class is the target are left out, and the table adds the success rate. `epsilons` and
+    `steps` None take the method's defaults (`default_epsilons`, DEFAULT_STEPS)."""
+    from dla.analysis.adversarial import accuracy_under_attack, choose_targets, cw_rows, plot_gallery
+    from dla.build import input_shape
     from dla.data.batches import to_unit_float
     from dla.data.ood import sample
     from dla.experiment import class_names, load_data, load_run_model
     from dla.report.plots import plot_xy
     from dla.report.tables import markdown_table
 
-    check_attack_args(method, epsilons, steps, n)
+    check_attack_args(method, epsilons, steps, n, target, c)
     require_run_kind(load_run_config(run), "image-classifier", "dla attack", run.path)
     model, cfg = load_run_model(run)
+    epsilons = default_epsilons(method, input_shape(cfg)[0]) if epsilons is None else list(epsilons)
+    steps = DEFAULT_STEPS.get(method, 10) if steps is None else steps
     classes = class_names(cfg)
+    if method == "autoattack" and len(classes) < 4:
+        raise DlaError(f"--method autoattack: APGD-T's targeted DLR loss needs at least 4 classes; {run.path} has "
+                       f"{len(classes)} (use pgd)")
     if isinstance(target, int) and not 0 <= target < len(classes):
         raise DlaError(f"--target {target}: {run.path} has {len(classes)} classes (0-{len(classes) - 1})")
     data = load_data(cfg, data_root)
@@ -64,19 +102,27 @@ def run_attack(run: RunDir, method: str, epsilons: Sequence[float], steps: int, 
         x, y, targets = x[keep], y[keep], targets[keep]
         if not len(y):
             raise DlaError(f"--target {target}: every sampled image already is of the target class")
-    rows = accuracy_under_attack(model, x, y, method, list(epsilons), steps, targets=targets)
-    table = markdown_table(rows, COLUMNS if targets is None else TARGETED_COLUMNS)
+    if method == "cw":
+        rows, median_l2 = cw_rows(model, x, y, epsilons, steps, c)
+        columns, what = CW_COLUMNS, f"cw (L2, c={c:g}, {steps} steps; median L2 of successful perturbations {median_l2:.3f})"
+    else:
+        rows = accuracy_under_attack(model, x, y, method, epsilons, steps, targets=targets,
+                                     batch_size=100 if method == "autoattack" else 256)
+        columns = ROBUST_COLUMNS if method == "autoattack" else COLUMNS if targets is None else TARGETED_COLUMNS
+        what = method if method != "autoattack" else "AutoAttack (standard: APGD-CE, APGD-T, FAB-T, Square)"
     aim = "" if target is None else f", targeted ({'class ' + classes[target] if isinstance(target, int) else target})"
-    header = f"{method}{aim} on {len(y)} {data.source} test images; run {run.path}\n\n"
+    header = f"{what}{aim} on {len(y)} {data.source} test images; run {run.path}\n\n"
+    table = markdown_table(rows, columns)
     name = method if target is None else f"{method}_target-{target}"
     out = run.path / "attack"
     with atomic_dir(out) as tmp:
         (tmp / f"{name}.md").write_text(header + table)
-        series = {"accuracy": [(r["eps_255"], 100 * r["acc"]) for r in rows]}
+        xkey, xlabel = ("eps", "L2 radius") if method == "cw" else ("eps_255", "eps (x 1/255)")
+        series = {"accuracy": [(r[xkey], 100 * r["acc"]) for r in rows]}
         if targets is not None:
-            series["target success"] = [(r["eps_255"], 100 * r["success"]) for r in rows]
+            series["target success"] = [(r[xkey], 100 * r["success"]) for r in rows]
         plot_xy(series if targets is not None else {method: series["accuracy"]}, tmp / f"{name}_accuracy.png",
-                xlabel="eps (x 1/255)", ylabel="test accuracy (%)" if targets is None else "%")
-        plot_gallery(model, x[:6], y[:6], classes, method, list(epsilons), tmp / f"{name}_gallery.png", steps,
-                     None if targets is None else targets[:6])
+                xlabel=xlabel, ylabel="test accuracy (%)" if targets is None else "%")
+        plot_gallery(model, x[:6], y[:6], classes, method, [1.0] if method == "cw" else epsilons,
+                     tmp / f"{name}_gallery.png", steps, None if targets is None else targets[:6], c=c)
     return {"rows": rows, "header": header, "table": table, "out": out}
