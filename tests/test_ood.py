@@ -131,11 +131,56 @@ def test_dla_ood_writes_table_and_plots(fashion_run, data_root):
     for name in ("mnist", "noise-uniform", "heldout"):
         assert (out / f"hist_{name}.png").stat().st_size > 5000 and (out / f"roc_pr_{name}.png").stat().st_size > 5000
 
+    rows = run_ood(fashion_run, ["near", "far"], ["msp", "knn"], data_root, n=100)
+    assert {(r["ood"], r["group"]) for r in rows} == {("heldout", "near"), ("mnist", "far"), ("noise-uniform", "far"),
+                                                      ("noise-gaussian", "far")}
+    table = (out / "table.md").read_text()
+    far_knn = np.mean([r["auroc"] for r in rows if r["group"] == "far" and r["detector"] == "knn"])
+    summary = table.split("Mean AUROC per group")[1]
+    assert "| detector | near AUROC (heldout) | near FPR@95 | far AUROC (mnist, noise-uniform, noise-gaussian) |" in summary
+    assert f"| knn | {next(r['auroc'] for r in rows if r['group'] == 'near' and r['detector'] == 'knn'):.4f} |" in summary
+    assert f"{far_knn:.4f}" in summary
+
     result = run_odin_grid(fashion_run, "mnist", data_root, n=100, temperatures=(1, 1000), epsilons=(0, 0.002, 0.02))
     assert result["baseline"]["T"] == 1 and result["baseline"]["eps"] == 0
     assert result["best_on_val"]["val"] >= result["baseline"]["val"]
-    for name in ("odin_grid.md", "odin_heatmap.png", "odin_auroc_vs_eps.png"):
+    assert len(result["cells"]) == 6 and set(result["cells"][0]["test"]) == {"auroc", "aupr_in", "aupr_out", "fpr95"}
+    grid_md = (out / "odin_grid.md").read_text()
+    assert "AUPR-Out on the validation half" in grid_md and "FPR@95TPR on the validation half" in grid_md
+    for name in ("odin_grid.md", "odin_grid.json", "odin_heatmap.png", "odin_auroc_vs_eps.png"):
         assert (out / name).is_file()
+
+
+def test_near_and_far_groups_follow_openood_and_the_runs_classes():
+    from dla.analysis.ood_study import expand_groups
+    from dla.errors import DlaError
+
+    six = load_experiment("lab1-cnn", ["data=cifar10", "data.classes=[0,1,2,3,4,5]"])
+    assert expand_groups(six, ["near", "far", "fakedata"]) == [
+        ("heldout", "near"), ("cifar100", "near"), ("mnist", "far"), ("noise-uniform", "far"),
+        ("noise-gaussian", "far"), ("svhn", "far"), ("fakedata", None)]
+    ten = load_experiment("lab1-cnn", ["data=fashion-mnist", "data.download=false"])
+    assert [s for s, _ in expand_groups(ten, ["far"])] == ["mnist", "noise-uniform", "noise-gaussian"]
+    with pytest.raises(DlaError, match="held-out classes of a run trained with data.classes"):
+        expand_groups(ten, ["near"])  # no held-out classes and no offline near set
+    offline = load_experiment("lab1-cnn", ["data=cifar10", "data.download=false"])
+    with pytest.raises(DlaError, match="held-out classes"):
+        expand_groups(offline, ["near"])  # only cifar100, which needs a network
+    assert expand_groups(load_experiment("lab1-cnn", ["data=cifar10"]), ["near"]) == [("cifar100", "near")]
+
+
+def test_fakedata_is_torchvisions_seeded_speckle():
+    x = ood_images("fakedata", (3, 32, 32), None, 6, seed=1)
+    assert x.shape == (6, 3, 32, 32) and float(x.min()) >= 0 and float(x.max()) <= 1
+    assert torch.equal(x, ood_images("fakedata", (3, 32, 32), None, 6, seed=1))
+    assert not torch.equal(x, ood_images("fakedata", (3, 32, 32), None, 6, seed=2))
+    assert 0.4 < float(x.mean()) < 0.6  # randn through ToPILImage wraps around: a speckle over the whole range
+
+
+def test_the_command_line_lists_every_detector():
+    from dla.cli import DETECTOR_NAMES
+
+    assert DETECTOR_NAMES == ood.DETECTORS
 
 
 def _save(path, mode, size, seed):

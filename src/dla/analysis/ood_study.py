@@ -19,7 +19,16 @@ from dla.analysis import ood
 from dla.build import load_data, load_run_model
 from dla.config import load_run_config, require_run_kind
 from dla.data.batches import to_unit_float
-from dla.data.ood import OOD_SETS, check_user_set, is_user_set, ood_images, sample, user_images, user_set_label
+from dla.data.ood import (
+    ONLINE_ONLY,
+    OOD_SETS,
+    check_user_set,
+    is_user_set,
+    ood_images,
+    sample,
+    user_images,
+    user_set_label,
+)
 from dla.data.vision import drop_classes, get_spec, load_arrays
 from dla.errors import DlaError
 from dla.io import atomic_dir
@@ -31,6 +40,7 @@ ODIN_TEMPERATURES = (1, 10, 100, 1000)
 ODIN_EPSILONS = (0, 0.0005, 0.001, 0.0014, 0.002, 0.0024, 0.005, 0.01, 0.02, 0.05)
 OOD_COLUMNS = (
     ("OOD set", "ood", "str"),
+    ("group", "group", "str"),
     ("detector", "detector", "str"),
     ("AUROC", "auroc", "float"),
     ("AUPR-In", "aupr_in", "float"),
@@ -39,7 +49,8 @@ OOD_COLUMNS = (
 )
 
 
-def detector_scores(name: str, model, x: torch.Tensor, maha: ood.Mahalanobis | None, odin_t: float, odin_eps: float):
+def detector_scores(name: str, model, x: torch.Tensor, fitted: dict, odin_t: float, odin_eps: float):
+    """Scores of one detector; `fitted` holds the detectors fitted on training images (ood.FITTED_DETECTORS)."""
     if name == "msp":
         return ood.msp(ood.logits_of(model, x))
     if name == "maxlogit":
@@ -48,9 +59,51 @@ def detector_scores(name: str, model, x: torch.Tensor, maha: ood.Mahalanobis | N
         return ood.energy(ood.logits_of(model, x))
     if name == "odin":
         return ood.odin(model, x, odin_t, odin_eps)
-    if name == "mahalanobis":
-        return maha.scores(model, x)
+    if name in fitted:
+        return fitted[name].scores(model, x)
     raise DlaError(f"unknown detector {name!r}; valid: {', '.join(ood.DETECTORS)}")
+
+
+FIT_IMAGES = 10000  # training images the feature-based detectors are fitted on
+
+
+def fit_detectors(model, data, detectors: list[str], seed: int) -> dict:
+    """Mahalanobis, KNN, ReAct, ViM, ASH and GradNorm, fitted on the same training sample."""
+    names = [d for d in detectors if d in ood.FITTED_DETECTORS]
+    if not names:
+        return {}
+    fit_set = sample(data.train, FIT_IMAGES, seed)
+    x_fit = to_unit_float(fit_set.x)
+    return {d: ood.fit_detector(d, model, x_fit, fit_set.y) for d in names}
+
+
+# OpenOOD's split: near OOD shares the training images' look (held-out classes of the same data, CIFAR-100 for
+# CIFAR-10), far OOD does not (another data set, noise). Sets marked online-only are skipped when offline.
+GROUPS = {
+    "cifar10": {"near": ("heldout", "cifar100"), "far": ("mnist", "noise-uniform", "noise-gaussian", "svhn")},
+    "fashion-mnist": {"near": ("heldout",), "far": ("mnist", "noise-uniform", "noise-gaussian")},
+    "mnist": {"near": ("heldout",), "far": ("fashion-mnist", "noise-uniform", "noise-gaussian")},
+}
+
+
+def expand_groups(cfg, entries: list[str]) -> list[tuple[str, str | None]]:
+    """--ood entries with `near` and `far` replaced by their sets for the run's data: (set, group) pairs.
+    `heldout` joins `near` only for a run trained on a subset of classes."""
+    out: list[tuple[str, str | None]] = []
+    for entry in entries:
+        if entry not in ("near", "far"):
+            out.append((entry, None))
+            continue
+        groups = GROUPS.get(cfg.data.name)
+        if groups is None:
+            raise DlaError(f"--ood {entry}: no near/far split for {cfg.data.name}; name the sets instead")
+        sets = [s for s in groups[entry] if s != "heldout" or cfg.data.classes]
+        offline = [s for s in sets if s not in ONLINE_ONLY]
+        if not sets or (not offline and not cfg.data.download):
+            raise DlaError(f"--ood {entry}: for {cfg.data.name}, offline near OOD is the held-out classes of a run "
+                           f"trained with data.classes=[...] (e.g. [0,1,2,3,4,5])")
+        out.extend((s, entry) for s in sets)
+    return out
 
 
 def check_ood_args(run: RunDir, ood_sets: list[str], n: int, odin_t: float = 1.0, odin_eps: float = 0.0) -> None:
@@ -59,12 +112,13 @@ def check_ood_args(run: RunDir, ood_sets: list[str], n: int, odin_t: float = 1.0
     require_run_kind(cfg, "image-classifier", "dla ood", run.path)
     if "heldout" in ood_sets and not cfg.data.classes:
         raise DlaError("--ood heldout needs a run trained with data.classes=[...] (e.g. [0,1,2,3,4,5])")
+    valid = ", ".join((*OOD_SETS, "heldout", "near", "far"))
     if not ood_sets:
-        raise DlaError(f"--ood: give at least one OOD set; valid: {', '.join((*OOD_SETS, 'heldout'))}")
-    unknown = [s for s in ood_sets if s not in (*OOD_SETS, "heldout") and not is_user_set(s)]
+        raise DlaError(f"--ood: give at least one OOD set; valid: {valid}")
+    unknown = [s for s in ood_sets if s not in (*OOD_SETS, "heldout", "near", "far") and not is_user_set(s)]
     if unknown:
-        raise DlaError(f"--ood: unknown OOD set {unknown[0]!r}; valid: {', '.join((*OOD_SETS, 'heldout'))}, "
-                       f"or a folder of images or an .npz file")
+        raise DlaError(f"--ood: unknown OOD set {unknown[0]!r}; valid: {valid}, or a folder of images or an .npz file")
+    expand_groups(cfg, ood_sets)
     for s in ood_sets:
         if is_user_set(s):
             check_user_set(s)
@@ -106,31 +160,60 @@ def run_ood(
     model, cfg = load_run_model(run)
     data = load_data(cfg, data_root)
     x_id = to_unit_float(sample(data.test, n, seed).x)
-    maha = None
-    if "mahalanobis" in detectors:
-        fit_set = sample(data.train, 10000, seed)
-        maha = ood.Mahalanobis.fit(model, to_unit_float(fit_set.x), fit_set.y)
+    fitted = fit_detectors(model, data, detectors, seed)
+    entries = expand_groups(cfg, ood_sets)
     with atomic_dir(run.path / "ood") as out:
-        rows = _score_sets(model, cfg, data, x_id, maha, ood_sets, detectors, data_root, n, odin_t, odin_eps, seed, out)
-        table = markdown_table(rows, OOD_COLUMNS)
+        rows = _score_sets(model, cfg, data, x_id, fitted, entries, detectors, data_root, n, odin_t, odin_eps, seed, out)
         header = f"ID: {data.source} test split ({len(x_id)} images); run {run.path}; higher score = more ID\n\n"
-        (out / "table.md").write_text(header + table)
+        grouped = any(r.get("group") for r in rows)
+        text = header + markdown_table(rows, [c for c in OOD_COLUMNS if grouped or c[1] != "group"])
+        summary = group_means(rows, detectors)
+        if summary:
+            text += "\nMean AUROC per group (as OpenOOD reports; sets in brackets):\n\n" + summary
+        (out / "table.md").write_text(text)
         (out / "metrics.json").write_text(json.dumps(rows, indent=2) + "\n")
-    print(header + table, end="")
+    print(text, end="")
     return rows
 
 
-def _score_sets(model, cfg, data, x_id, maha, ood_sets, detectors, data_root, n, odin_t, odin_eps, seed, out):
-    id_scores = {d: detector_scores(d, model, x_id, maha, odin_t, odin_eps) for d in detectors}
+def group_means(rows: list[dict], detectors: list[str]) -> str:
+    """A detector x group table of mean AUROC (and mean FPR@95) over each group's sets; '' without groups."""
+    groups = list(dict.fromkeys(r["group"] for r in rows if r.get("group")))
+    if not groups:
+        return ""
+    table = []
+    for d in detectors:
+        row = {"detector": d}
+        for g in groups:
+            picked = [r for r in rows if r.get("group") == g and r["detector"] == d]
+            row[g] = float(np.mean([r["auroc"] for r in picked]))
+            row[f"{g}_fpr95"] = float(np.mean([r["fpr95"] for r in picked]))
+        table.append(row)
+    sets = {g: ", ".join(dict.fromkeys(r["ood"] for r in rows if r.get("group") == g)) for g in groups}
+    columns = [("detector", "detector", "str")]
+    for g in groups:
+        columns += [(f"{g} AUROC ({sets[g]})", g, "float"), (f"{g} FPR@95", f"{g}_fpr95", "float")]
+    return markdown_table(table, columns)
+
+
+def _score_sets(model, cfg, data, x_id, fitted, entries, detectors, data_root, n, odin_t, odin_eps, seed, out):
+    id_scores = {d: detector_scores(d, model, x_id, fitted, odin_t, odin_eps) for d in detectors}
     rows = []
-    for path in ood_sets:
-        x_ood = ood_set_images(path, cfg, data_root, n, seed)
+    for path, group in entries:
+        try:
+            x_ood = ood_set_images(path, cfg, data_root, n, seed)
+        except DlaError as exc:
+            if group is None or path not in ONLINE_ONLY:
+                raise
+            print(f"{path}: skipped from the {group} group ({str(exc).split(';')[0]})", flush=True)
+            continue
         name = user_set_label(path)
         pairs = {}
         for d in detectors:
-            s_ood = detector_scores(d, model, x_ood, maha, odin_t, odin_eps)
+            s_ood = detector_scores(d, model, x_ood, fitted, odin_t, odin_eps)
             pairs[d] = (id_scores[d].numpy(), s_ood.numpy())
-            rows.append({"id": data.source, "ood": name, "detector": d, **ood.ood_metrics(*pairs[d])})
+            rows.append({"id": data.source, "ood": name, "detector": d, **({"group": group} if group else {}),
+                         **ood.ood_metrics(*pairs[d])})
             print(f"{name:15} {d:12} AUROC {rows[-1]['auroc']:.4f}  FPR@95 {rows[-1]['fpr95']:.4f}", flush=True)
         title = f"ID {data.source} vs OOD {name}"
         plot_score_histograms(pairs, out / f"hist_{name}.png", title)
@@ -164,10 +247,11 @@ def _odin_grid(run, ood_set, data_root, n, temperatures, epsilons, seed, out):
     x_ood = ood_set_images(ood_set, cfg, data_root, n, seed)
     grid = ood.odin_grid(model, torch.cat([x_id, x_ood]), temperatures, epsilons)
     halves = {"val": slice(0, None, 2), "test": slice(1, None, 2)}  # alternate images, so both halves mix alike
-    auroc = {}
+    metrics = {}  # (T, eps) -> half -> every metric
     for key, scores in grid.items():
         s_id, s_ood = scores[: len(x_id)].numpy(), scores[len(x_id) :].numpy()
-        auroc[key] = {h: ood.ood_metrics(s_id[sl], s_ood[sl])["auroc"] for h, sl in halves.items()}
+        metrics[key] = {h: ood.ood_metrics(s_id[sl], s_ood[sl]) for h, sl in halves.items()}
+    auroc = {k: {h: m["auroc"] for h, m in v.items()} for k, v in metrics.items()}
     best = max(auroc, key=lambda k: auroc[k]["val"])
     oracle = max(auroc, key=lambda k: auroc[k]["test"])
     rows = [f"T={t:g}" for t in temperatures]
@@ -189,7 +273,15 @@ def _odin_grid(run, ood_set, data_root, n, temperatures, epsilons, seed, out):
         "baseline": {"T": temperatures[0], "eps": epsilons[0], **base},
         "best_on_val": {"T": best[0], "eps": best[1], **auroc[best]},
         "best_on_test_oracle": {"T": oracle[0], "eps": oracle[1], **auroc[oracle]},
+        "cells": [{"T": t, "eps": e, **metrics[(t, e)]} for t in temperatures for e in epsilons],
     }
+    names = {"aupr_in": "AUPR-In", "aupr_out": "AUPR-Out", "fpr95": "FPR@95TPR"}
+    other_tables = []
+    for key, label in names.items():
+        other_tables += [f"\n{label} on the validation half:\n", markdown_table(
+            [{"T": r, **{c: metrics[(t, e)]["val"][key] for c, e in zip(cols, epsilons)}} for r, t in zip(rows, temperatures)],
+            [("T", "T", "str"), *((c, c, "float") for c in cols)])]
+    chosen = metrics[best]["test"]
     lines = [
         f"# ODIN grid: ID {data.source} vs OOD {ood_set} ({n} + {n} images, split into validation/test halves)\n",
         "AUROC on the validation half (rows T, columns epsilon):\n",
@@ -201,7 +293,10 @@ def _odin_grid(run, ood_set, data_root, n, temperatures, epsilons, seed, out):
         f"Best on validation: T={best[0]:g}, eps={best[1]:g} (val {auroc[best]['val']:.4f}); "
         f"its test AUROC {auroc[best]['test']:.4f}.",
         f"Picking on the test half instead (the original's protocol) would give T={oracle[0]:g}, eps={oracle[1]:g}, "
-        f"test AUROC {auroc[oracle]['test']:.4f}.\n",
+        f"test AUROC {auroc[oracle]['test']:.4f}.",
+        f"The chosen cell on the test half: AUROC {chosen['auroc']:.4f}, AUPR-In {chosen['aupr_in']:.4f}, "
+        f"AUPR-Out {chosen['aupr_out']:.4f}, FPR@95TPR {chosen['fpr95']:.4f}.",
+        *other_tables,
     ]
     (out / "odin_grid.md").write_text("\n".join(lines))
     (out / "odin_grid.json").write_text(json.dumps(result, indent=2) + "\n")

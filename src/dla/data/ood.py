@@ -2,7 +2,8 @@
 
 Real sets (MNIST, Fashion-MNIST, the CIFAR-10 test split) are resized and converted between grey
 and RGB (grey is tiled to three channels; RGB is averaged to grey); synthetic sets are uniform
-noise and Gaussian noise (mean 0.5, std 0.25, clamped). A user's own set is a folder of image
+noise, Gaussian noise (mean 0.5, std 0.25, clamped) and torchvision's FakeData (the original
+lab's OOD set). A user's own set is a folder of image
 files (any size, grey or colour) or an .npz file with an `images` array (`user_images`). All come
 back as float images in [0, 1].
 """
@@ -21,7 +22,7 @@ from dla.data.imagefile import IMAGE_SUFFIXES, read_image
 from dla.data.vision import DAMAGED, SPECS, ImageSet, damaged, load_arrays
 from dla.errors import DataError
 
-SYNTHETIC = ("noise-uniform", "noise-gaussian")
+SYNTHETIC = ("noise-uniform", "noise-gaussian", "fakedata")  # fakedata: torchvision's FakeData, the original's set
 ONLINE_ONLY = ("svhn", "cifar100")  # test splits through torchvision; no offline copy exists here
 OOD_SETS = (*SPECS, *SYNTHETIC, *ONLINE_ONLY)
 
@@ -53,6 +54,8 @@ def ood_images(
         return torch.rand(n, *shape, generator=gen)
     if name == "noise-gaussian":
         return (0.5 + 0.25 * torch.randn(n, *shape, generator=gen)).clamp(0, 1)
+    if name == "fakedata":
+        return _fakedata(n, shape, seed)
     if name in ONLINE_ONLY:
         test = _torchvision_test(name, root, download)
     elif name in SPECS:
@@ -61,6 +64,16 @@ def ood_images(
         raise DataError(f"unknown OOD set {name!r}; valid: {', '.join(OOD_SETS)}")
     picked = sample(test, n, seed)
     return to_shape(to_unit_float(picked.x), shape)
+
+
+def _fakedata(n: int, shape: tuple[int, int, int], seed: int) -> torch.Tensor:
+    """torchvision's FakeData as the original lab used it (`FakeData(size, image_size, transform=ToTensor())`):
+    standard-normal pixels through ToPILImage, so values wrap around modulo 256 into a speckle of [0, 1]."""
+    import torchvision
+
+    ds = torchvision.datasets.FakeData(size=n, image_size=shape, num_classes=10,
+                                       transform=torchvision.transforms.ToTensor(), random_offset=seed)
+    return torch.stack([ds[i][0] for i in range(n)])
 
 
 def _torchvision_test(name: str, root: Path, download: bool) -> ImageSet:
