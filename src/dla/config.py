@@ -177,6 +177,11 @@ class TrainConfig:
     adv_eps_dist: Literal["fixed", "uniform"] = "fixed"  # uniform: each batch's eps drawn from (0, adv_eps) (the original)
     adv_alpha: float | None = None  # step; default 1.25 * eps (fgsm_rs) or 2.5 * eps / steps (pgd)
     adv_steps: int = 7  # pgd steps
+    # OOD tracked during training (Lab 3.1): every N epochs, MSP and energy AUROC / FPR@95 of a fixed sample
+    # (1,000 validation images, 1,000 per set) into metrics.jsonl and TensorBoard; None: off
+    ood_every: int | None = None
+    ood_sets: list[str] = field(default_factory=list)  # e.g. [heldout, mnist, noise-uniform]
+    ood_n: int = 1000  # images per sample
 
     def validate(self) -> None:
         check_positive(
@@ -185,7 +190,9 @@ class TrainConfig:
         )
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ConfigError(f"train.label_smoothing: must be in [0, 1), got {self.label_smoothing}")
-        check_positive(self, "adv_eps", "adv_alpha", "adv_steps", prefix="train.")
+        check_positive(self, "adv_eps", "adv_alpha", "adv_steps", "ood_every", "ood_n", prefix="train.")
+        if self.ood_every and not self.ood_sets:
+            raise ConfigError("train.ood_sets: give at least one OOD set with train.ood_every, e.g. train.ood_sets=[mnist]")
         if not 0.0 <= self.adv_prob <= 1.0:
             raise ConfigError(f"train.adv_prob: must be in [0, 1], got {self.adv_prob}")
         if self.adv_eps > 1:

@@ -19,6 +19,7 @@ from accelerate.utils import broadcast_object_list, set_seed
 
 from dla import STARTED
 from dla.analysis.gradients import GradientStats
+from dla.analysis.ood_tracking import OODTracking, check_ood_tracking
 from dla.build import (
     class_names,
     describe_data,
@@ -39,7 +40,7 @@ from dla.device import can_compile, make_accelerator, seed_process
 from dla.errors import ConfigError
 from dla.io import atomic_text
 from dla.models import count_parameters
-from dla.report.plots import plot_run_curves
+from dla.report.plots import plot_ood_curves, plot_run_curves
 from dla.report.tables import markdown_table, run_columns
 from dla.rundir import RunDir
 from dla.track import Tracker, check_tracker, make_tracker
@@ -100,6 +101,7 @@ def train(
     origin = time.perf_counter() if _trained_before else STARTED  # a command's first run counts its imports
     _trained_before = True
     check_tracker(cfg.track.tracker)
+    check_ood_tracking(cfg)
     accelerator = make_accelerator(cfg.train)
     main = accelerator.is_main_process
     set_seed(cfg.seed)
@@ -145,6 +147,8 @@ def train(
         tracker = make_tracker(cfg.track.tracker, str(run.path), label, cfg.track.project, to_dict(cfg), state.epoch)
     if main and cfg.train.grad_stats_every:
         callbacks = [*callbacks, GradientStats(cfg.train.grad_stats_every)]
+    if main and cfg.train.ood_every:
+        callbacks = [*callbacks, OODTracking.for_run(cfg, data, data_root)]
     params = count_parameters(raw_model)
     if main:
         print(
@@ -182,6 +186,8 @@ def train(
             run.write_summary(summary)
             if state.history:
                 plot_run_curves(state.history, run.plots / "curves.png", title=f"{cfg.name} / {run.name}")
+                plot_ood_curves(state.history, run.plots / "ood_curves.png",
+                                title=f"{cfg.name} / {run.name}: OOD detection during training (solid: energy, dashed: MSP)")
     if main:
         print(f"best {task.unit} {early.best_epoch} ({early.monitor} {early.best:.4f}); results in {run.path}\n")
         summary = run.read_summary()

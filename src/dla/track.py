@@ -26,6 +26,8 @@ class Tracker:
 
 def _tag(key: str) -> str:
     # "train_loss" -> "loss/train", so TensorBoard overlays train and val on one chart per metric.
+    if key.startswith("ood_"):  # "ood_mnist_msp_auroc" -> "ood/mnist_msp_auroc": one section for OOD tracking
+        return "ood/" + key[4:]
     split, _, metric = key.partition("_")
     return f"{metric}/{split}" if split in ("train", "val", "test") and metric else key
 

@@ -110,24 +110,29 @@ def check_ood_args(run: RunDir, ood_sets: list[str], n: int, odin_t: float = 1.0
     """Everything checkable before a model loads: the run's kind, the set names and the numbers."""
     cfg = load_run_config(run)
     require_run_kind(cfg, "image-classifier", "dla ood", run.path)
-    if "heldout" in ood_sets and not cfg.data.classes:
-        raise DlaError("--ood heldout needs a run trained with data.classes=[...] (e.g. [0,1,2,3,4,5])")
-    valid = ", ".join((*OOD_SETS, "heldout", "near", "far"))
-    if not ood_sets:
-        raise DlaError(f"--ood: give at least one OOD set; valid: {valid}")
-    unknown = [s for s in ood_sets if s not in (*OOD_SETS, "heldout", "near", "far") and not is_user_set(s)]
-    if unknown:
-        raise DlaError(f"--ood: unknown OOD set {unknown[0]!r}; valid: {valid}, or a folder of images or an .npz file")
-    expand_groups(cfg, ood_sets)
-    for s in ood_sets:
-        if is_user_set(s):
-            check_user_set(s)
+    check_set_names(cfg, ood_sets)
     if n < 1:
         raise DlaError(f"--n: must be >= 1, got {n}")
     if not (math.isfinite(odin_t) and odin_t > 0):
         raise DlaError(f"--odin-t: must be a finite number > 0, got {odin_t}")
     if not (math.isfinite(odin_eps) and odin_eps >= 0):
         raise DlaError(f"--odin-eps: must be a finite number >= 0, got {odin_eps}")
+
+
+def check_set_names(cfg, ood_sets: list[str], option: str = "--ood") -> None:
+    """Every OOD set name (or group, or user folder / .npz) valid for this run's config."""
+    if "heldout" in ood_sets and not cfg.data.classes:
+        raise DlaError(f"{option} heldout needs a run trained with data.classes=[...] (e.g. [0,1,2,3,4,5])")
+    valid = ", ".join((*OOD_SETS, "heldout", "near", "far"))
+    if not ood_sets:
+        raise DlaError(f"{option}: give at least one OOD set; valid: {valid}")
+    unknown = [s for s in ood_sets if s not in (*OOD_SETS, "heldout", "near", "far") and not is_user_set(s)]
+    if unknown:
+        raise DlaError(f"{option}: unknown OOD set {unknown[0]!r}; valid: {valid}, or a folder of images or an .npz file")
+    expand_groups(cfg, ood_sets)
+    for s in ood_sets:
+        if is_user_set(s):
+            check_user_set(s)
 
 
 def ood_set_images(name: str, cfg, data_root: Path, n: int, seed: int) -> torch.Tensor:

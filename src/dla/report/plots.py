@@ -48,6 +48,38 @@ def plot_run_curves(history: list[dict[str, Any]], path: Path, title: str = "") 
     return save_figure(fig, path)
 
 
+def ood_series(history: list[dict[str, Any]]) -> dict[tuple[str, str, str], list[tuple[int, float]]]:
+    """(set, detector, metric) -> [(epoch, value)] from the `ood_<set>_<detector>_<metric>` keys of OOD tracking."""
+    series: dict[tuple[str, str, str], list[tuple[int, float]]] = {}
+    for r in history:
+        for key, value in r.items():
+            if key.startswith("ood_") and key.count("_") >= 3:
+                name, detector, metric = key[4:].rsplit("_", 2)
+                series.setdefault((name, detector, metric), []).append((r["epoch"], value))
+    return series
+
+
+def plot_ood_curves(history: list[dict[str, Any]], path: Path, title: str = "") -> Path | None:
+    """AUROC and FPR@95 of each tracked OOD set and detector against the epoch (None when nothing was tracked)."""
+    series = ood_series(history)
+    if not series:
+        return None
+    plt = pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    names = sorted({k[0] for k in series})
+    colours = {n: f"C{i}" for i, n in enumerate(names)}
+    for ax, metric, label in ((axes[0], "auroc", "AUROC (higher: better)"), (axes[1], "fpr95", "FPR@95TPR (lower: better)")):
+        for (name, detector, m), points in sorted(series.items()):
+            if m == metric:
+                ax.plot(*zip(*points), "-" if detector == "energy" else "--", marker="o", color=colours[name],
+                        label=f"{name} · {detector}")
+        ax.set(xlabel="epoch", ylabel=label)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.suptitle(title or "OOD detection during training (solid: energy, dashed: MSP)")
+    return save_figure(fig, path)
+
+
 def plot_overlaid(histories: dict[str, list[dict[str, Any]]], path: Path, metrics=("val_acc", "val_loss")) -> Path:
     """One panel per metric, one line per run (metrics no run has are left out)."""
     plt = pyplot()

@@ -17,6 +17,10 @@ class Callback:
     def on_step_end(self, step: int, model: Any) -> None:
         """After each optimiser step (`step` counts from 1)."""
 
+    def epoch_metrics(self, epoch: int, model: Any) -> dict[str, float]:
+        """Extra metrics for this epoch's record, merged in before it is written, logged and checkpointed."""
+        return {}
+
     def on_epoch_end(self, record: dict[str, Any], model: Any) -> None:
         """After each epoch's record is written and the checkpoint saved."""
 

@@ -105,6 +105,8 @@ def fit(
                 "steps_time_s": round(steps_time, 3),  # the optimiser steps alone, without evaluation
                 "elapsed_s": round(state.elapsed_s, 3),
             }
+            for cb in callbacks:
+                record.update(cb.epoch_metrics(epoch, raw_model))
             record["best"] = early.update(record[early.monitor], epoch)
             state.epoch = epoch
             state.history.append(record)
