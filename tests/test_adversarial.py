@@ -141,6 +141,19 @@ def test_autoattack_never_reports_more_robust_accuracy_than_pgd(monkeypatch):
     assert (adv - x).abs().max() <= 0.1 + 1e-6 and adv.min() >= 0 and adv.max() <= 1
 
 
+def test_the_gallery_reuses_the_tables_adversarial_images(model_and_batch, tmp_path, monkeypatch):
+    from dla.analysis import adversarial
+
+    model, x, y = model_and_batch
+    kept = {}
+    adversarial.accuracy_under_attack(model, x, y, "pgd", [0.0, 0.1], steps=2, keep=kept)
+    assert set(kept) == {0.0, 0.1} and kept[0.1].shape == (adversarial.GALLERY, *x.shape[1:])
+    monkeypatch.setattr(adversarial, "attack", lambda *a, **k: pytest.fail("attacked the gallery's images again"))
+    out = adversarial.plot_gallery(model, x[:6], y[:6], [str(i) for i in range(10)], "pgd", [0.0, 0.1],
+                                   tmp_path / "g.png", adversarials=kept)
+    assert out.stat().st_size > 5000
+
+
 def test_parse_eps():
     assert parse_eps("0, 8/255,0.1") == [0.0, 8 / 255, 0.1]
     with pytest.raises(ValueError, match="--eps"):
@@ -167,12 +180,15 @@ def test_adversarial_training_end_to_end_and_dla_attack(data_root, method, monke
     assert "| target success (%) |" in table.splitlines()[2] and "targeted (least-likely)" in table
     assert (out / "fgsm_target-least-likely_gallery.png").stat().st_size > 5000
     if method == "pgd":  # AutoAttack at the default eps for grey images, and CW, on a few images
-        assert main(["attack", str(run.path), "--method", "autoattack", "--n", "16"]) == 0
+        assert main(["attack", str(run.path), "--method", "autoattack", "--n", "8"]) == 0
         table = (out / "autoattack.md").read_text()
         assert "| robust accuracy (%) | images |" in table and "| 0.1 | 25.5 |" in table and "APGD-T" in table
-        assert main(["attack", str(run.path), "--method", "cw", "--n", "16", "--steps", "20"]) == 0
+        assert main(["attack", str(run.path), "--method", "cw", "--n", "16", "--c", "10"]) == 0
         table = (out / "cw.md").read_text()
-        assert "median L2" in table and "| 0.25 |" in table and (out / "cw_gallery.png").stat().st_size > 5000
+        rows = [line.split("|") for line in table.splitlines() if line.startswith("| 0.") or line.startswith("| 1.")]
+        accs = [float(r[2]) for r in rows]
+        assert [r[1].strip() for r in rows] == ["0.0000", "0.1000", "0.2500", "0.5000", "1.0000"] and accs[-1] < accs[0]
+        assert "median L2 of successful perturbations" in table and (out / "cw_gallery.png").stat().st_size > 5000
 
 
 def test_the_originals_fgsm_recipe_with_adv_prob_0_is_standard_training(data_root):

@@ -43,6 +43,9 @@ def choose_targets(model: nn.Module, x: torch.Tensor, y: torch.Tensor, target: i
     raise ValueError(f"unknown target {target!r}; valid: a class index, random, least-likely")
 
 
+GALLERY = 6  # examples in an attack gallery
+
+
 def _predict(model: nn.Module, x: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
     with torch.inference_mode():
         return torch.cat([model(x[i : i + batch_size]).argmax(1) for i in range(0, len(x), batch_size)])
@@ -50,11 +53,12 @@ def _predict(model: nn.Module, x: torch.Tensor, batch_size: int = 256) -> torch.
 
 def accuracy_under_attack(
     model: nn.Module, x: torch.Tensor, y: torch.Tensor, method: str, epsilons: Sequence[float],
-    steps: int = 10, batch_size: int = 256, targets: torch.Tensor | None = None,
+    steps: int = 10, batch_size: int = 256, targets: torch.Tensor | None = None, keep: dict | None = None,
 ) -> list[dict]:
     """Accuracy of `model` (in eval mode) on adversarial versions of (x, y) at each eps, with the
     clean accuracy and the number of images in every row. With `targets`, the attack is targeted
-    and each row also has the success rate: the share of images now classified as their target."""
+    and each row also has the success rate: the share of images now classified as their target.
+    `keep`, a dict, receives the first GALLERY adversarial images per eps (for `plot_gallery`)."""
     model.eval()
     clean = float((_predict(model, x) == y).float().mean())
     rows = []
@@ -65,6 +69,8 @@ def accuracy_under_attack(
             xb, yb = x[i : i + batch_size], y[i : i + batch_size]
             tb = None if targets is None else targets[i : i + batch_size]
             adv = attack(method, model, xb, yb if tb is None else tb, eps, steps, targeted=tb is not None)
+            if keep is not None and i == 0:
+                keep[eps] = adv[:GALLERY]
             pred = _predict(model, adv)
             correct += int((pred == yb).sum())
             if tb is not None:
@@ -79,15 +85,18 @@ def accuracy_under_attack(
 
 
 def cw_rows(model: nn.Module, x: torch.Tensor, y: torch.Tensor, radii: Sequence[float], steps: int = 100,
-            c: float = 1.0, batch_size: int = 256) -> tuple[list[dict], float]:
+            c: float = 1.0, batch_size: int = 256, keep: dict | None = None) -> tuple[list[dict], float]:
     """Carlini-Wagner L2 once per image, then the accuracy left at each L2 radius: an image counts as
     broken at radius r when CW changed its prediction with a perturbation of L2 norm <= r. Also the
-    median L2 norm of the successful perturbations (nan when none succeeded)."""
+    median L2 norm of the successful perturbations (nan when none succeeded). `keep` receives the
+    first GALLERY adversarial images under the key "cw"."""
     model.eval()
     correct_clean, broken_at = [], []
     for i in tqdm(range(0, len(y), batch_size), desc="cw", unit="batch", leave=False):
         xb, yb = x[i : i + batch_size], y[i : i + batch_size]
         adv = attack("cw", model, xb, yb, 0.0, steps, c=c)
+        if keep is not None and i == 0:
+            keep["cw"] = adv[:GALLERY]
         ok, fooled = _predict(model, xb) == yb, _predict(model, adv) != yb
         dist = (adv - xb).flatten(1).norm(dim=1)
         correct_clean.append(ok)
@@ -100,12 +109,14 @@ def cw_rows(model: nn.Module, x: torch.Tensor, y: torch.Tensor, radii: Sequence[
 
 def plot_gallery(model: nn.Module, x: torch.Tensor, y: torch.Tensor, classes: Sequence[str], method: str,
                  epsilons: Sequence[float], path, steps: int = 10, targets: torch.Tensor | None = None,
-                 c: float = 1.0):
+                 c: float = 1.0, adversarials: dict | None = None):
     """Rows: examples; columns: clean, then (perturbation, adversarial image) per eps, with predictions
     (and, for a targeted attack, each image's target). Perturbations are scaled to their largest
-    pixel change; for cw (one column) their L2 norm is in the title."""
+    pixel change; for cw (one column) their L2 norm is in the title. `adversarials` (eps, or "cw",
+    -> images, as `accuracy_under_attack` and `cw_rows` keep them) saves attacking the images again."""
     model.eval()
-    eps_list = [e for e in epsilons if e > 0][:3]
+    adversarials = adversarials or {}
+    eps_list = ["cw"] if method == "cw" else [e for e in epsilons if e > 0][:3]
     cols = 1 + 2 * len(eps_list)
     fig, axes = plt.subplots(len(x), cols, figsize=(1.9 * cols, 2.1 * len(x)), squeeze=False)
 
@@ -123,7 +134,11 @@ def plot_gallery(model: nn.Module, x: torch.Tensor, y: torch.Tensor, classes: Se
         aim = "" if targets is None else f", target {classes[targets[i]]}"
         show(axes[i][0], x[i], f"clean: {classes[k]} {p:.2f}\n(true {classes[y[i]]}{aim})")
     for j, eps in enumerate(eps_list):
-        adv = attack(method, model, x, y if targets is None else targets, eps, steps, targeted=targets is not None, c=c)
+        adv = adversarials.get(eps)
+        if adv is None or len(adv) < len(x):
+            adv = attack(method, model, x, y if targets is None else targets, 0.0 if eps == "cw" else eps, steps,
+                         targeted=targets is not None, c=c)
+        adv = adv[: len(x)]
         with torch.inference_mode():
             probs = model(adv).softmax(1)
         for i in range(len(x)):

@@ -28,7 +28,6 @@ COLUMNS = (("eps", "eps", "sci"), ("eps x 255", "eps_255", "time"), ("accuracy (
 ROBUST_COLUMNS = (("eps", "eps", "sci"), ("eps x 255", "eps_255", "time"), ("clean accuracy (%)", "clean", "pct"),
                   ("robust accuracy (%)", "acc", "pct"), ("images", "n", "int"))
 CW_COLUMNS = (("L2 radius", "eps", "float"), ("accuracy (%)", "acc", "pct"), ("images", "n", "int"))
-LINF_DEFAULT = "0,1/255,2/255,4/255,8/255,16/255,32/255"
 CW_RADII = (0.0, 0.1, 0.25, 0.5, 1.0, 2.0)
 DEFAULT_STEPS = {"pgd": 10, "cw": 100}
 
@@ -73,7 +72,7 @@ def run_attack(run: RunDir, method: str, epsilons: Sequence[float] | None, steps
     With `target` (a class index, "random" or "least-likely") the attack is targeted; images whose
     true class is the target are left out, and the table adds the success rate. `epsilons` and
     `steps` None take the method's defaults (`default_epsilons`, DEFAULT_STEPS)."""
-    from dla.analysis.adversarial import accuracy_under_attack, choose_targets, cw_rows, plot_gallery
+    from dla.analysis.adversarial import GALLERY, accuracy_under_attack, choose_targets, cw_rows, plot_gallery
     from dla.build import input_shape
     from dla.data.batches import to_unit_float
     from dla.data.ood import sample
@@ -102,12 +101,14 @@ def run_attack(run: RunDir, method: str, epsilons: Sequence[float] | None, steps
         x, y, targets = x[keep], y[keep], targets[keep]
         if not len(y):
             raise DlaError(f"--target {target}: every sampled image already is of the target class")
+    kept: dict = {}  # the gallery's adversarial images, made once with the table's
     if method == "cw":
-        rows, median_l2 = cw_rows(model, x, y, epsilons, steps, c)
-        columns, what = CW_COLUMNS, f"cw (L2, c={c:g}, {steps} steps; median L2 of successful perturbations {median_l2:.3f})"
+        rows, median_l2 = cw_rows(model, x, y, epsilons, steps, c, keep=kept)
+        found = "none succeeded" if math.isnan(median_l2) else f"median L2 of successful perturbations {median_l2:.3f}"
+        columns, what = CW_COLUMNS, f"cw (L2, c={c:g}, {steps} steps; {found})"
     else:
         rows = accuracy_under_attack(model, x, y, method, epsilons, steps, targets=targets,
-                                     batch_size=100 if method == "autoattack" else 256)
+                                     batch_size=100 if method == "autoattack" else 256, keep=kept)
         columns = ROBUST_COLUMNS if method == "autoattack" else COLUMNS if targets is None else TARGETED_COLUMNS
         what = method if method != "autoattack" else "AutoAttack (standard: APGD-CE, APGD-T, FAB-T, Square)"
     aim = "" if target is None else f", targeted ({'class ' + classes[target] if isinstance(target, int) else target})"
@@ -123,6 +124,6 @@ def run_attack(run: RunDir, method: str, epsilons: Sequence[float] | None, steps
             series["target success"] = [(r[xkey], 100 * r["success"]) for r in rows]
         plot_xy(series if targets is not None else {method: series["accuracy"]}, tmp / f"{name}_accuracy.png",
                 xlabel=xlabel, ylabel="test accuracy (%)" if targets is None else "%")
-        plot_gallery(model, x[:6], y[:6], classes, method, [1.0] if method == "cw" else epsilons,
-                     tmp / f"{name}_gallery.png", steps, None if targets is None else targets[:6], c=c)
+        plot_gallery(model, x[:GALLERY], y[:GALLERY], classes, method, epsilons, tmp / f"{name}_gallery.png", steps,
+                     None if targets is None else targets[:GALLERY], c=c, adversarials=kept)
     return {"rows": rows, "header": header, "table": table, "out": out}

@@ -125,10 +125,14 @@ def save_figure(fig: Any, path: Path) -> Path:
 
 
 def plot_score_histograms(scores: dict[str, tuple[Any, Any]], path: Path, title: str = "") -> Path:
-    """One panel per detector: ID vs OOD score histograms (higher = more in-distribution)."""
+    """One panel per detector, five to a row: ID vs OOD score histograms (higher = more in-distribution)."""
     plt = pyplot()
-    fig, axes = plt.subplots(1, len(scores), figsize=(4 * len(scores), 3.4), squeeze=False)
-    for ax, (name, (s_id, s_ood)) in zip(axes[0], scores.items()):
+    cols = min(5, len(scores))
+    rows = -(-len(scores) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3.4 * rows), squeeze=False)
+    for ax in axes.flat[len(scores):]:
+        ax.axis("off")
+    for ax, (name, (s_id, s_ood)) in zip(axes.flat, scores.items()):
         lo, hi = float(min(s_id.min(), s_ood.min())), float(max(s_id.max(), s_ood.max()))
         bins = [lo + (hi - lo) * i / 50 for i in range(51)] if hi > lo else 10
         ax.hist(s_id, bins=bins, alpha=0.6, density=True, label="ID")
