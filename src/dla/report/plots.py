@@ -125,7 +125,8 @@ def save_figure(fig: Any, path: Path) -> Path:
 
 
 def plot_score_histograms(scores: dict[str, tuple[Any, Any]], path: Path, title: str = "") -> Path:
-    """One panel per detector, five to a row: ID vs OOD score histograms (higher = more in-distribution)."""
+    """One panel per detector, five to a row: ID vs OOD score histograms (higher = more in-distribution),
+    over the central 99% of the scores."""
     plt = pyplot()
     cols = min(5, len(scores))
     rows = -(-len(scores) // cols)
@@ -133,7 +134,10 @@ def plot_score_histograms(scores: dict[str, tuple[Any, Any]], path: Path, title:
     for ax in axes.flat[len(scores):]:
         ax.axis("off")
     for ax, (name, (s_id, s_ood)) in zip(axes.flat, scores.items()):
-        lo, hi = float(min(s_id.min(), s_ood.min())), float(max(s_id.max(), s_ood.max()))
+        import numpy as np
+
+        both = np.concatenate([np.asarray(s_id, dtype=float), np.asarray(s_ood, dtype=float)])
+        lo, hi = (float(v) for v in np.percentile(both, [0.5, 99.5]))  # a few extreme scores would squash the rest
         bins = [lo + (hi - lo) * i / 50 for i in range(51)] if hi > lo else 10
         ax.hist(s_id, bins=bins, alpha=0.6, density=True, label="ID")
         ax.hist(s_ood, bins=bins, alpha=0.6, density=True, label="OOD")
