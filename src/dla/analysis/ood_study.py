@@ -147,6 +147,18 @@ def ood_set_images(name: str, cfg, data_root: Path, n: int, seed: int) -> torch.
     return ood_images(name, get_spec(cfg.data.name).shape, data_root, n, seed, cfg.data.download)
 
 
+def grouped_set_images(name: str, group: str | None, cfg, data_root: Path, n: int, seed: int) -> torch.Tensor | None:
+    """`ood_set_images`, except that an online-only set that came from a group (near, far) and cannot be
+    fetched is skipped with a line (None); named on its own, it fails as usual."""
+    try:
+        return ood_set_images(name, cfg, data_root, n, seed)
+    except DlaError as exc:
+        if group is None or name not in ONLINE_ONLY:
+            raise
+        print(f"{name}: skipped from the {group} group ({str(exc).split(';')[0]})", flush=True)
+        return None
+
+
 def run_ood(
     run: RunDir,
     ood_sets: list[str],
@@ -205,12 +217,8 @@ def _score_sets(model, cfg, data, x_id, fitted, entries, detectors, data_root, n
     id_scores = {d: detector_scores(d, model, x_id, fitted, odin_t, odin_eps) for d in detectors}
     rows = []
     for path, group in entries:
-        try:
-            x_ood = ood_set_images(path, cfg, data_root, n, seed)
-        except DlaError as exc:
-            if group is None or path not in ONLINE_ONLY:
-                raise
-            print(f"{path}: skipped from the {group} group ({str(exc).split(';')[0]})", flush=True)
+        x_ood = grouped_set_images(path, group, cfg, data_root, n, seed)
+        if x_ood is None:
             continue
         name = user_set_label(path)
         pairs = {}

@@ -15,10 +15,10 @@ from typing import Any
 import torch
 
 from dla.analysis import ood
-from dla.analysis.ood_study import check_set_names, expand_groups, ood_set_images
+from dla.analysis.ood_study import check_set_names, expand_groups, grouped_set_images
 from dla.config import IMAGE_CLASSIFIER, run_kind
 from dla.data.batches import to_unit_float
-from dla.data.ood import ONLINE_ONLY, sample, user_set_label
+from dla.data.ood import sample, user_set_label
 from dla.errors import ConfigError, DlaError
 from dla.train.callbacks import Callback
 
@@ -49,12 +49,9 @@ class OODTracking(Callback):
         x_id = to_unit_float(sample(data.val if len(data.val) else data.test, n, seed).x)
         sets = {}
         for name, group in expand_groups(cfg, list(cfg.train.ood_sets)):
-            try:
-                sets[user_set_label(name)] = ood_set_images(name, cfg, data_root, n, seed)
-            except DlaError as exc:
-                if group is None or name not in ONLINE_ONLY:
-                    raise
-                print(f"OOD tracking: {name} skipped from the {group} group ({str(exc).split(';')[0]})")
+            x = grouped_set_images(name, group, cfg, data_root, n, seed)
+            if x is not None:
+                sets[user_set_label(name)] = x
         return cls(cfg.train.ood_every, x_id, sets)
 
     @torch.no_grad()
