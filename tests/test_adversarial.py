@@ -113,6 +113,25 @@ def test_cw_finds_the_known_minimal_l2_perturbation():
     assert [r["acc"] for r in rows] == [1.0, 1.0, 0.0] and rows[0]["n"] == 4
 
 
+def test_cw_with_several_c_keeps_each_images_smallest_successful_perturbation(monkeypatch):
+    from dla.analysis import adversarial
+
+    # the toy model is class 0 at (0.8, 0.2); (0.45, 0.2) is class 2 at L2 0.35, (0.2, 0.2) class 2 at L2 0.6
+    x = torch.tensor([0.8, 0.2]).view(1, 1, 1, 2).repeat(2, 1, 1, 1)
+    y = torch.zeros(2, dtype=torch.long)
+    near, far = torch.tensor([0.45, 0.2]).view(1, 1, 2), torch.tensor([0.2, 0.2]).view(1, 1, 2)
+    made = {1.0: torch.stack([near, x[1]]), 2.0: torch.stack([far, near])}  # c=1 misses image 1; c=2 is far on image 0
+    monkeypatch.setattr(adversarial, "attack", lambda method, model, xb, yb, eps, steps, c: made[c].clone())
+    model = _toy_linear()
+    one = adversarial.cw_rows(model, x, y, [0.4, 0.7], c=1.0)[0]
+    two = adversarial.cw_rows(model, x, y, [0.4, 0.7], c=[2.0])[0]
+    keep = {}
+    both, median_l2 = adversarial.cw_rows(model, x, y, [0.4, 0.7], c=[1.0, 2.0], keep=keep)
+    assert [r["acc"] for r in one] == [0.5, 0.5] and [r["acc"] for r in two] == [0.5, 0.0]
+    assert [r["acc"] for r in both] == [0.0, 0.0] and median_l2 == pytest.approx(0.35)
+    assert torch.equal(keep["cw"], torch.stack([near, near]))  # the gallery shows the kept perturbations
+
+
 def test_autoattack_never_reports_more_robust_accuracy_than_pgd(monkeypatch):
     from dla import attacks
     from dla.analysis.adversarial import accuracy_under_attack

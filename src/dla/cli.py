@@ -17,6 +17,7 @@ from dla.cli_types import (
     nonneg_float,
     nonneg_int,
     positive_float,
+    positive_float_list,
     positive_int,
     seed_int,
     size_list,
@@ -344,7 +345,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "autoattack 8/255 for colour, 0.1 for grey images); for cw, L2 radii (default 0,0.1,0.25,0.5,1,2)")
     p.add_argument("--steps", type=positive_int, default=None, help="PGD steps (default 10; step size 2.5 eps / "
                    "steps) or CW steps (default 100)")
-    p.add_argument("--c", type=positive_float, default=1.0, help="CW: the weight of the margin term (default 1)")
+    p.add_argument("--c", type=positive_float_list, default=[1.0],
+                   help="CW: the weight of the margin term (default 1); several, e.g. 0.1,1,10,100, keep each image's "
+                   "smallest successful perturbation over them (the paper's search over c)")
     p.add_argument("--n", type=positive_int, default=1000, help="test images to attack (default 1000)")
     p.add_argument("--target", type=attack_target, help="a targeted attack: a class index, random (a class other "
                    "than the true one) or least-likely (of the clean prediction); the table adds the success rate")

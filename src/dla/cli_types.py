@@ -100,6 +100,17 @@ def parse_eps_list(text: str) -> list[float]:
 eps_list = parse_eps_list
 
 
+def positive_float_list(text: str) -> list[float]:
+    """'0.1,1,10' -> [0.1, 1.0, 10.0]: finite numbers > 0, at most 16, no repeats (CW's c values)."""
+    parts = [p.strip() for p in text.split(",") if p.strip()]
+    if not parts:
+        raise argparse.ArgumentTypeError(f"{text!r} holds no number; give e.g. 1 or 0.1,1,10,100")
+    values = [positive_float(part) for part in parts]
+    if len(set(values)) != len(values) or len(values) > 16:
+        raise argparse.ArgumentTypeError(f"{text!r}: give at most 16 different values")
+    return values
+
+
 def canvas_int(text: str) -> int:
     """A canvas side in pixels for 28x28 images: an integer in [28, 512]."""
     value = _int(text)

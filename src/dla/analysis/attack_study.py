@@ -42,8 +42,13 @@ def default_epsilons(method: str, channels: int) -> list[float]:
     return [i / 255 for i in (0, 1, 2, 4, 8, 16, 32)]
 
 
+def c_values(c: float | Sequence[float]) -> tuple[float, ...]:
+    """CW's c as a tuple: one number or several."""
+    return (float(c),) if isinstance(c, (int, float)) else tuple(float(v) for v in c)
+
+
 def check_attack_args(method: str, epsilons: Sequence[float] | None, steps: int | None, n: int,
-                      target: int | str | None = None, c: float = 1.0) -> None:
+                      target: int | str | None = None, c: float | Sequence[float] = 1.0) -> None:
     """The ranges `run_attack` accepts (the command line checks them too, as it parses)."""
     if method not in METHODS:
         raise DlaError(f"unknown attack {method!r}; valid: {', '.join(METHODS)}")
@@ -58,15 +63,16 @@ def check_attack_args(method: str, epsilons: Sequence[float] | None, steps: int 
         raise DlaError(f"--n: must be >= 1, got {n}")
     if target is not None and method not in TARGETED_METHODS:
         raise DlaError(f"--target: targeted attacks are {' and '.join(TARGETED_METHODS)}, not {method}")
-    if not (math.isfinite(c) and c > 0):
-        raise DlaError(f"--c: must be a finite number > 0, got {c}")
+    cs = c_values(c)
+    if not cs or any(not (math.isfinite(v) and v > 0) for v in cs):
+        raise DlaError(f"--c: every value must be a finite number > 0, got {list(cs)}")
 
 
 TARGETED_COLUMNS = (*COLUMNS, ("target success (%)", "success", "pct"))
 
 
 def run_attack(run: RunDir, method: str, epsilons: Sequence[float] | None, steps: int | None, n: int,
-               data_root: Path, target: int | str | None = None, c: float = 1.0) -> dict[str, Any]:
+               data_root: Path, target: int | str | None = None, c: float | Sequence[float] = 1.0) -> dict[str, Any]:
     """Attack `n` test images of an image-classifier run at each eps; write RUN/attack/ atomically.
 
     With `target` (a class index, "random" or "least-likely") the attack is targeted; images whose
@@ -103,16 +109,18 @@ def run_attack(run: RunDir, method: str, epsilons: Sequence[float] | None, steps
             raise DlaError(f"--target {target}: every sampled image already is of the target class")
     kept: dict = {}  # the gallery's adversarial images, made once with the table's
     if method == "cw":
-        rows, median_l2 = cw_rows(model, x, y, epsilons, steps, c, keep=kept)
+        cs = c_values(c)
+        rows, median_l2 = cw_rows(model, x, y, epsilons, steps, cs, keep=kept)
         found = "none succeeded" if math.isnan(median_l2) else f"median L2 of successful perturbations {median_l2:.3f}"
-        columns, what = CW_COLUMNS, f"cw (L2, c={c:g}, {steps} steps; {found})"
+        each = "" if len(cs) == 1 else ", per image the smallest successful perturbation over them"
+        columns, what = CW_COLUMNS, f"cw (L2, c={','.join(f'{v:g}' for v in cs)}{each}, {steps} steps; {found})"
     else:
         rows = accuracy_under_attack(model, x, y, method, epsilons, steps, targets=targets,
                                      batch_size=100 if method == "autoattack" else 256, keep=kept)
         columns = ROBUST_COLUMNS if method == "autoattack" else COLUMNS if targets is None else TARGETED_COLUMNS
         what = method if method != "autoattack" else "AutoAttack (standard: APGD-CE, APGD-T, FAB-T, Square)"
     aim = "" if target is None else f", targeted ({'class ' + classes[target] if isinstance(target, int) else target})"
-    header = f"{what}{aim} on {len(y)} {data.source} test images; run {run.path}\n\n"
+    header = f"{what}{aim} on {len(y)} {data.spec.title} test images; run {run.path}\n\n"
     table = markdown_table(rows, columns)
     name = method if target is None else f"{method}_target-{target}"
     out = run.path / "attack"
@@ -125,5 +133,5 @@ def run_attack(run: RunDir, method: str, epsilons: Sequence[float] | None, steps
         plot_xy(series if targets is not None else {method: series["accuracy"]}, tmp / f"{name}_accuracy.png",
                 xlabel=xlabel, ylabel="test accuracy (%)" if targets is None else "%")
         plot_gallery(model, x[:GALLERY], y[:GALLERY], classes, method, epsilons, tmp / f"{name}_gallery.png", steps,
-                     None if targets is None else targets[:GALLERY], c=c, adversarials=kept)
+                     None if targets is None else targets[:GALLERY], c=c_values(c)[0], adversarials=kept)
     return {"rows": rows, "header": header, "table": table, "out": out}

@@ -22,6 +22,7 @@ import torch
 from dla.analysis.cam import METHODS, argmax_points, check_method, has_gap_head, heatmaps, pointing_game
 from dla.errors import DlaError
 from dla.io import atomic_dir, unique_name
+from dla.report.plots import show_image
 from dla.rundir import RunDir
 
 GREY_28 = (1, 28, 28)
@@ -42,15 +43,6 @@ def _open(run: RunDir):
 def check_class(cls: int | None, classes: Sequence[str], run: RunDir) -> None:
     if cls is not None and not 0 <= cls < len(classes):
         raise DlaError(f"--class {cls}: {run.path} has {len(classes)} classes (0-{len(classes) - 1})")
-
-
-def _show(ax, image: torch.Tensor, heat: torch.Tensor | None = None, title: str = "", color: str = "black") -> None:
-    img = image.permute(1, 2, 0).numpy()
-    ax.imshow(img[..., 0] if img.shape[-1] == 1 else img, cmap="gray", vmin=0, vmax=1)
-    if heat is not None:
-        ax.imshow(heat.numpy(), cmap="jet", alpha=0.45, vmin=0, vmax=1)
-    ax.set_title(title, fontsize=8, color=color)
-    ax.axis("off")
 
 
 def _safe_name(path: str, used: set[str]) -> str:
@@ -92,11 +84,11 @@ def run_cam(run: RunDir, images: Sequence[str], method: str | None, cls: int | N
                 target = pred if cls is None else cls
                 heat = heatmaps(model, x[None], torch.tensor([target]), method)[0]
                 fig, axes = plt.subplots(1, 3, figsize=(7.5, 2.8))
-                _show(axes[0], x, title=Path(path).name)
+                show_image(axes[0], x, title=Path(path).name)
                 axes[1].imshow(heat.numpy(), cmap="jet", vmin=0, vmax=1)
                 axes[1].set_title(f"{method}: class {classes[target]}", fontsize=8)
                 axes[1].axis("off")
-                _show(axes[2], x, heat, f"predicted {classes[pred]} ({probs[pred]:.2f})")
+                show_image(axes[2], x, heat, f"predicted {classes[pred]} ({probs[pred]:.2f})")
                 name = f"{method}/{_safe_name(path, used)}.png"
                 save_figure(fig, tmp / name)
                 lines.append(f"- `{name}`: {path}, predicted {classes[pred]} ({probs[pred]:.3f}), map of class {classes[target]}")
@@ -120,13 +112,13 @@ def run_cam(run: RunDir, images: Sequence[str], method: str | None, cls: int | N
         ax.axis("off")
     for ax, i, heat in zip(axes.flat, pick.tolist(), maps):
         ok = int(pred[i]) == int(y[i])
-        _show(ax, x[i], heat, f"{classes[int(pred[i])]} ({probs[i, pred[i]]:.2f})" + ("" if ok else f"\ntrue {classes[int(y[i])]}"),
+        show_image(ax, x[i], heat, f"{classes[int(pred[i])]} ({probs[i, pred[i]]:.2f})" + ("" if ok else f"\ntrue {classes[int(y[i])]}"),
               "black" if ok else "red")
-    fig.suptitle(f"{method} on {data.source} test images (red: wrong)", fontsize=9)
+    fig.suptitle(f"{method} on {data.spec.title} test images (red: wrong)", fontsize=9)
     name = f"gallery-{method}.png"
     with atomic_dir(out) as tmp:
         save_figure(fig, tmp / name)
-        lines = [f"- `{name}`: {len(pick)} test images of {data.source}, {len(pick) - k_wrong} predicted right and "
+        lines = [f"- `{name}`: {len(pick)} test images of {data.spec.title}, {len(pick) - k_wrong} predicted right and "
                  f"{k_wrong} wrong (red), map of the {'predicted class' if cls is None else 'class ' + classes[cls]}"]
         _append_md(out, tmp, method, cls, classes, lines, run)
     return {"out": out, "lines": lines}
@@ -193,7 +185,7 @@ def run_pointing_game(run: RunDir, methods: Sequence[str] | None, canvases: int,
         points = argmax_points(maps)
         for j in range(show):
             ax = axes[r, j]
-            _show(ax, x[j], maps[j], m if j == 0 else "")
+            show_image(ax, x[j], maps[j], m if j == 0 else "")
             x0, y0, x1, y1 = boxes[j].tolist()
             ax.add_patch(plt.Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False, color="lime", lw=1))
             ax.plot(*points[j].tolist(), marker="x", color="white", ms=6, mew=2)

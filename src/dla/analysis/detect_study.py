@@ -22,6 +22,7 @@ import torch
 from dla.analysis.detect import DEFAULT_SIZES, Detections, detect, detection_metrics, heat_grid
 from dla.errors import DlaError
 from dla.io import atomic_dir
+from dla.report.plots import show_image
 from dla.rundir import RunDir
 
 EVAL_CANVASES, EVAL_SIZE, EVAL_COUNT, EVAL_SCALES, EVAL_SEED = 500, 128, (1, 5), (20, 40), 2026
@@ -76,12 +77,6 @@ def _draw_boxes(ax, det: Detections, classes, color: str = "red", gt: tuple[torc
                 bbox={"facecolor": "black", "alpha": 0.5, "pad": 0.5, "lw": 0})
 
 
-def _image(ax, x: torch.Tensor) -> None:
-    img = x.permute(1, 2, 0).numpy()
-    ax.imshow(img[..., 0] if img.shape[-1] == 1 else img, cmap="gray", vmin=0, vmax=1)
-    ax.axis("off")
-
-
 def run_detect(run: RunDir, images: Sequence[str], threshold: float, step: int, sizes: Sequence[int],
                nms_iou: float) -> dict[str, Any]:
     from dla.analysis.cam_study import _safe_name
@@ -102,7 +97,7 @@ def run_detect(run: RunDir, images: Sequence[str], threshold: float, step: int, 
             det = detect(fcn, x, background, threshold, step, tuple(sizes), nms_iou)
             name = _safe_name(path, used)
             fig, ax = plt.subplots(figsize=(5, 5 * x.shape[1] / x.shape[2]))
-            _image(ax, x)
+            show_image(ax, x)
             _draw_boxes(ax, det, classes)
             ax.set_title(f"{Path(path).name}: {len(det.scores)} found", fontsize=9)
             save_figure(fig, tmp / f"{name}.png")
@@ -114,7 +109,7 @@ def run_detect(run: RunDir, images: Sequence[str], threshold: float, step: int, 
             for ax in axes.flat:
                 ax.axis("off")
             for ax, k in zip(axes.flat, shown):
-                _image(ax, x)
+                show_image(ax, x)
                 ax.imshow(grid[k].numpy(), cmap="jet", alpha=0.5, vmin=0, vmax=1, extent=extent)
                 ax.set_title(f"p({classes[k]})", fontsize=8)
             fig.suptitle(f"{Path(path).name}: each class's probability per {w}x{h} window (training scale)", fontsize=9)
@@ -169,7 +164,7 @@ def run_detect_eval(run: RunDir, threshold: float, step: int, sizes: Sequence[in
     for ax in axes.flat:
         ax.axis("off")
     for ax, i in zip(axes.flat, range(show)):
-        _image(ax, x[i])
+        show_image(ax, x[i])
         _draw_boxes(ax, preds[i], classes, gt=(canv.boxes[i], canv.labels[i]))
     fig.suptitle("detections (red) and true boxes (green, dashed)", fontsize=9)
     out = run.path / "detect"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -119,10 +120,13 @@ def check_ood_args(run: RunDir, ood_sets: list[str], n: int, odin_t: float = 1.0
         raise DlaError(f"--odin-eps: must be a finite number >= 0, got {odin_eps}")
 
 
+HELDOUT_NEEDS_CLASSES = "heldout needs a run trained with data.classes=[...] (e.g. [0,1,2,3,4,5])"
+
+
 def check_set_names(cfg, ood_sets: list[str], option: str = "--ood") -> None:
     """Every OOD set name (or group, or user folder / .npz) valid for this run's config."""
     if "heldout" in ood_sets and not cfg.data.classes:
-        raise DlaError(f"{option} heldout needs a run trained with data.classes=[...] (e.g. [0,1,2,3,4,5])")
+        raise DlaError(f"{option} {HELDOUT_NEEDS_CLASSES}")
     valid = ", ".join((*OOD_SETS, "heldout", "near", "far"))
     if not ood_sets:
         raise DlaError(f"{option}: give at least one OOD set; valid: {valid}")
@@ -139,7 +143,7 @@ def ood_set_images(name: str, cfg, data_root: Path, n: int, seed: int) -> torch.
     """OOD images for a run: a named set adapted to the run's input shape, or its held-out classes."""
     if name == "heldout":
         if not cfg.data.classes:
-            raise DlaError("--ood heldout needs a run trained with data.classes=[...] (e.g. [0,1,2,3,4,5])")
+            raise DlaError(f"--ood {HELDOUT_NEEDS_CLASSES}")
         _, test, _ = load_arrays(cfg.data.name, data_root, cfg.data.download)
         return to_unit_float(sample(drop_classes(test, cfg.data.classes), n, seed).x)
     if is_user_set(name):
@@ -181,7 +185,7 @@ def run_ood(
     entries = expand_groups(cfg, ood_sets)
     with atomic_dir(run.path / "ood") as out:
         rows = _score_sets(model, cfg, data, x_id, fitted, entries, detectors, data_root, n, odin_t, odin_eps, seed, out)
-        header = f"ID: {data.source} test split ({len(x_id)} images); run {run.path}; higher score = more ID\n\n"
+        header = f"ID: {data.spec.title} test split ({len(x_id)} images); run {run.path}; higher score = more ID\n\n"
         grouped = any(r.get("group") for r in rows)
         text = header + markdown_table(rows, [c for c in OOD_COLUMNS if grouped or c[1] != "group"])
         summary = group_means(rows, detectors)
@@ -276,7 +280,7 @@ def _odin_grid(run, ood_set, data_root, n, temperatures, epsilons, seed, out):
     for i, t in enumerate(temperatures):
         ax.plot(range(len(epsilons)), test[i], marker="o", label=f"T={t:g}")
     ax.set_xticks(range(len(epsilons)), cols, rotation=45)
-    ax.set(xlabel="epsilon", ylabel="AUROC (test half)", title=f"ODIN, ID {data.source} vs OOD {ood_set}")
+    ax.set(xlabel="epsilon", ylabel="AUROC (test half)", title=f"ODIN, ID {data.spec.title} vs OOD {ood_set}")
     ax.grid(alpha=0.3)
     ax.legend()
     save_figure(fig, out / "odin_auroc_vs_eps.png")
@@ -296,7 +300,7 @@ def _odin_grid(run, ood_set, data_root, n, temperatures, epsilons, seed, out):
             [("T", "T", "str"), *((c, c, "float") for c in cols)])]
     chosen = metrics[best]["test"]
     lines = [
-        f"# ODIN grid: ID {data.source} vs OOD {ood_set} ({n} + {n} images, split into validation/test halves)\n",
+        f"# ODIN grid: ID {data.spec.title} vs OOD {ood_set} ({n} + {n} images, split into validation/test halves)\n",
         "AUROC on the validation half (rows T, columns epsilon):\n",
         markdown_table(
             [{"T": r, **{c: float(val[i][j]) for j, c in enumerate(cols)}} for i, r in enumerate(rows)],
@@ -311,6 +315,7 @@ def _odin_grid(run, ood_set, data_root, n, temperatures, epsilons, seed, out):
         f"AUPR-Out {chosen['aupr_out']:.4f}, FPR@95TPR {chosen['fpr95']:.4f}.",
         *other_tables,
     ]
-    (out / "odin_grid.md").write_text("\n".join(lines))
+    lines = re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).split("\n")  # one blank line between blocks
+    (out / "odin_grid.md").write_text("\n".join(lines) + "\n")
     (out / "odin_grid.json").write_text(json.dumps(result, indent=2) + "\n")
     return result, lines

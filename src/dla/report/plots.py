@@ -114,6 +114,17 @@ def plot_xy(series: dict[str, list[tuple[float, float]]], path: Path, xlabel: st
     return save_figure(fig, path)
 
 
+def show_image(ax: Any, image: Any, heat: Any = None, title: str = "", color: str = "black", fontsize: int = 8) -> None:
+    """A (C, H, W) image in [0, 1] on `ax`, grey for one channel, optionally under a [0, 1] heat map (CAM)."""
+    img = image.detach().permute(1, 2, 0).float().cpu().numpy()
+    ax.imshow(img[..., 0] if img.shape[-1] == 1 else img, cmap="gray", vmin=0, vmax=1)
+    if heat is not None:
+        ax.imshow(heat.numpy(), cmap="jet", alpha=0.45, vmin=0, vmax=1)
+    if title:
+        ax.set_title(title, fontsize=fontsize, color=color)
+    ax.axis("off")
+
+
 def save_figure(fig: Any, path: Path) -> Path:
     """Lay out, write as PNG and close."""
     plt = pyplot()
