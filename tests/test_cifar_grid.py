@@ -10,7 +10,7 @@ from conftest import REPO, SHARED, need
 
 from dla import experiment
 from dla.config import load_experiment
-from dla.data.vision import import_dataset
+from dla.data.vision import import_dataset, load_image_data
 from dla.rundir import RunDir
 
 RUNS = ["Depth-9", "Depth-9-skip", "Depth-17", "Depth-17-skip", "Depth-48", "Depth-48-skip"]
@@ -47,6 +47,8 @@ def test_one_cifar_net_of_the_preset_trains_on_a_subset(cifar_root):
     assert summary["status"] == "completed"
     assert "JPEG train copy" in summary["data"]
     assert 0.0 <= summary["test_acc"] <= 1.0 and summary["epochs_run"] == 1
+    data = load_image_data("cifar10", cifar_root, val_size=128, classes=[0, 1, 2])
+    assert "JPEG train copy" in data.source and data.test_source == "CIFAR-10 (classes 0,1,2)"  # the test set is lossless
 
 
 @pytest.mark.slow

@@ -147,7 +147,8 @@ def test_dla_ood_writes_table_and_plots(fashion_run, data_root):
     assert len(result["cells"]) == 6 and set(result["cells"][0]["test"]) == {"auroc", "aupr_in", "aupr_out", "fpr95"}
     grid_md = (out / "odin_grid.md").read_text()
     assert "AUPR-Out on the validation half" in grid_md and "FPR@95TPR on the validation half" in grid_md
-    assert "\n\n\n" not in grid_md and grid_md.startswith("# ODIN grid: ID Fashion-MNIST vs OOD mnist")
+    assert "\n\n\n" not in grid_md and grid_md.startswith("# ODIN grid: ID Fashion-MNIST (classes 0,1,2,3,4,5) vs OOD mnist")
+    assert grid_md.endswith("|\n")
     for name in ("odin_grid.md", "odin_grid.json", "odin_heatmap.png", "odin_auroc_vs_eps.png"):
         assert (out / name).is_file()
 

@@ -120,7 +120,7 @@ def run_attack(run: RunDir, method: str, epsilons: Sequence[float] | None, steps
         columns = ROBUST_COLUMNS if method == "autoattack" else COLUMNS if targets is None else TARGETED_COLUMNS
         what = method if method != "autoattack" else "AutoAttack (standard: APGD-CE, APGD-T, FAB-T, Square)"
     aim = "" if target is None else f", targeted ({'class ' + classes[target] if isinstance(target, int) else target})"
-    header = f"{what}{aim} on {len(y)} {data.spec.title} test images; run {run.path}\n\n"
+    header = f"{what}{aim} on {len(y)} {data.test_source} test images; run {run.path}\n\n"
     table = markdown_table(rows, columns)
     name = method if target is None else f"{method}_target-{target}"
     out = run.path / "attack"

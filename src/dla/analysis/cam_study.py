@@ -114,11 +114,11 @@ def run_cam(run: RunDir, images: Sequence[str], method: str | None, cls: int | N
         ok = int(pred[i]) == int(y[i])
         show_image(ax, x[i], heat, f"{classes[int(pred[i])]} ({probs[i, pred[i]]:.2f})" + ("" if ok else f"\ntrue {classes[int(y[i])]}"),
               "black" if ok else "red")
-    fig.suptitle(f"{method} on {data.spec.title} test images (red: wrong)", fontsize=9)
+    fig.suptitle(f"{method} on {data.test_source} test images (red: wrong)", fontsize=9)
     name = f"gallery-{method}.png"
     with atomic_dir(out) as tmp:
         save_figure(fig, tmp / name)
-        lines = [f"- `{name}`: {len(pick)} test images of {data.spec.title}, {len(pick) - k_wrong} predicted right and "
+        lines = [f"- `{name}`: {len(pick)} test images of {data.test_source}, {len(pick) - k_wrong} predicted right and "
                  f"{k_wrong} wrong (red), map of the {'predicted class' if cls is None else 'class ' + classes[cls]}"]
         _append_md(out, tmp, method, cls, classes, lines, run)
     return {"out": out, "lines": lines}

@@ -185,7 +185,7 @@ def run_ood(
     entries = expand_groups(cfg, ood_sets)
     with atomic_dir(run.path / "ood") as out:
         rows = _score_sets(model, cfg, data, x_id, fitted, entries, detectors, data_root, n, odin_t, odin_eps, seed, out)
-        header = f"ID: {data.spec.title} test split ({len(x_id)} images); run {run.path}; higher score = more ID\n\n"
+        header = f"ID: {data.test_source} test split ({len(x_id)} images); run {run.path}; higher score = more ID\n\n"
         grouped = any(r.get("group") for r in rows)
         text = header + markdown_table(rows, [c for c in OOD_COLUMNS if grouped or c[1] != "group"])
         summary = group_means(rows, detectors)
@@ -280,7 +280,7 @@ def _odin_grid(run, ood_set, data_root, n, temperatures, epsilons, seed, out):
     for i, t in enumerate(temperatures):
         ax.plot(range(len(epsilons)), test[i], marker="o", label=f"T={t:g}")
     ax.set_xticks(range(len(epsilons)), cols, rotation=45)
-    ax.set(xlabel="epsilon", ylabel="AUROC (test half)", title=f"ODIN, ID {data.spec.title} vs OOD {ood_set}")
+    ax.set(xlabel="epsilon", ylabel="AUROC (test half)", title=f"ODIN, ID {data.test_source} vs OOD {ood_set}")
     ax.grid(alpha=0.3)
     ax.legend()
     save_figure(fig, out / "odin_auroc_vs_eps.png")
@@ -300,7 +300,7 @@ def _odin_grid(run, ood_set, data_root, n, temperatures, epsilons, seed, out):
             [("T", "T", "str"), *((c, c, "float") for c in cols)])]
     chosen = metrics[best]["test"]
     lines = [
-        f"# ODIN grid: ID {data.spec.title} vs OOD {ood_set} ({n} + {n} images, split into validation/test halves)\n",
+        f"# ODIN grid: ID {data.test_source} vs OOD {ood_set} ({n} + {n} images, split into validation/test halves)\n",
         "AUROC on the validation half (rows T, columns epsilon):\n",
         markdown_table(
             [{"T": r, **{c: float(val[i][j]) for j, c in enumerate(cols)}} for i, r in enumerate(rows)],
@@ -316,6 +316,6 @@ def _odin_grid(run, ood_set, data_root, n, temperatures, epsilons, seed, out):
         *other_tables,
     ]
     lines = re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).split("\n")  # one blank line between blocks
-    (out / "odin_grid.md").write_text("\n".join(lines) + "\n")
+    (out / "odin_grid.md").write_text("\n".join(lines).rstrip("\n") + "\n")
     (out / "odin_grid.json").write_text(json.dumps(result, indent=2) + "\n")
     return result, lines

@@ -337,6 +337,9 @@ class ImageSet:
         return len(self.y)
 
 
+JPEG_TRAIN_NOTE = " (JPEG train copy)"  # CIFAR-10's offline training set is lossy; its test set is not
+
+
 @dataclass
 class ImageData:
     spec: VisionSpec
@@ -344,6 +347,11 @@ class ImageData:
     train: ImageSet
     val: ImageSet
     test: ImageSet
+
+    @property
+    def test_source(self) -> str:
+        """The label of results on the test split alone: the JPEG note is about the training images."""
+        return self.source.replace(JPEG_TRAIN_NOTE, "")
 
 
 def load_arrays(name: str, root: Path, download: bool = True) -> tuple[ImageSet, ImageSet, str]:
@@ -379,7 +387,7 @@ def _load_cifar(spec: VisionSpec, root: Path, download: bool) -> tuple[ImageSet,
 
     train = npz(loc.found[CIFAR_JPEG_TRAIN])
     test = npz(loc.found["cifar10_test.npz"])
-    return train, test, f"{spec.title} (JPEG train copy)"
+    return train, test, spec.title + JPEG_TRAIN_NOTE
 
 
 def keep_classes(images: ImageSet, classes: list[int]) -> ImageSet:
