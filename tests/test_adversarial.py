@@ -108,7 +108,7 @@ def test_cw_finds_the_known_minimal_l2_perturbation():
 
     x = torch.tensor([0.8, 0.2]).view(1, 1, 1, 2).repeat(4, 1, 1, 1)
     y = torch.zeros(4, dtype=torch.long)
-    rows, median_l2 = cw_rows(_toy_linear(), x, y, [0.0, 0.25, 0.6], steps=100, c=1.0)
+    rows, median_l2 = cw_rows(_toy_linear(), x, y, [0.0, 0.25, 0.6], steps=100, cs=[1.0])
     assert 0.3 <= median_l2 < 0.4  # no perturbation under 0.3 can change the class
     assert [r["acc"] for r in rows] == [1.0, 1.0, 0.0] and rows[0]["n"] == 4
 
@@ -123,10 +123,10 @@ def test_cw_with_several_c_keeps_each_images_smallest_successful_perturbation(mo
     made = {1.0: torch.stack([near, x[1]]), 2.0: torch.stack([far, near])}  # c=1 misses image 1; c=2 is far on image 0
     monkeypatch.setattr(adversarial, "attack", lambda method, model, xb, yb, eps, steps, c: made[c].clone())
     model = _toy_linear()
-    one = adversarial.cw_rows(model, x, y, [0.4, 0.7], c=1.0)[0]
-    two = adversarial.cw_rows(model, x, y, [0.4, 0.7], c=[2.0])[0]
+    one = adversarial.cw_rows(model, x, y, [0.4, 0.7], cs=[1.0])[0]
+    two = adversarial.cw_rows(model, x, y, [0.4, 0.7], cs=[2.0])[0]
     keep = {}
-    both, median_l2 = adversarial.cw_rows(model, x, y, [0.4, 0.7], c=[1.0, 2.0], keep=keep)
+    both, median_l2 = adversarial.cw_rows(model, x, y, [0.4, 0.7], cs=[1.0, 2.0], keep=keep)
     assert [r["acc"] for r in one] == [0.5, 0.5] and [r["acc"] for r in two] == [0.5, 0.0]
     assert [r["acc"] for r in both] == [0.0, 0.0] and median_l2 == pytest.approx(0.35)
     assert torch.equal(keep["cw"], torch.stack([near, near]))  # the gallery shows the kept perturbations

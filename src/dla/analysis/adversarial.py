@@ -85,14 +85,13 @@ def accuracy_under_attack(
 
 
 def cw_rows(model: nn.Module, x: torch.Tensor, y: torch.Tensor, radii: Sequence[float], steps: int = 100,
-            c: float | Sequence[float] = 1.0, batch_size: int = 256, keep: dict | None = None) -> tuple[list[dict], float]:
-    """Carlini-Wagner L2 once per image and c value, then the accuracy left at each L2 radius: an image
+            cs: Sequence[float] = (1.0,), batch_size: int = 256, keep: dict | None = None) -> tuple[list[dict], float]:
+    """Carlini-Wagner L2 once per image and value of c in `cs`, then the accuracy left at each L2 radius: an image
     counts as broken at radius r when CW changed its prediction with a perturbation of L2 norm <= r.
     With several c, each image keeps its smallest successful perturbation over them (what the paper's
     search over c finds). Also the median L2 norm of the successful perturbations (nan when none
     succeeded). `keep` receives the first GALLERY adversarial images (the kept ones) under "cw"."""
     model.eval()
-    cs = (c,) if isinstance(c, (int, float)) else tuple(c)
     correct_clean, broken_at = [], []
     bar = tqdm(total=len(cs) * -(-len(y) // batch_size), desc="cw", unit="batch", leave=False)
     for i in range(0, len(y), batch_size):
@@ -129,7 +128,6 @@ def plot_gallery(model: nn.Module, x: torch.Tensor, y: torch.Tensor, classes: Se
     eps_list = ["cw"] if method == "cw" else [e for e in epsilons if e > 0][:3]
     cols = 1 + 2 * len(eps_list)
     fig, axes = plt.subplots(len(x), cols, figsize=(1.9 * cols, 2.1 * len(x)), squeeze=False)
-
 
     with torch.inference_mode():
         clean_probs = model(x).softmax(1)

@@ -87,6 +87,7 @@ def run_attack(run: RunDir, method: str, epsilons: Sequence[float] | None, steps
     from dla.report.tables import markdown_table
 
     check_attack_args(method, epsilons, steps, n, target, c)
+    cs = c_values(c)
     require_run_kind(load_run_config(run), "image-classifier", "dla attack", run.path)
     model, cfg = load_run_model(run)
     epsilons = default_epsilons(method, input_shape(cfg)[0]) if epsilons is None else list(epsilons)
@@ -109,7 +110,6 @@ def run_attack(run: RunDir, method: str, epsilons: Sequence[float] | None, steps
             raise DlaError(f"--target {target}: every sampled image already is of the target class")
     kept: dict = {}  # the gallery's adversarial images, made once with the table's
     if method == "cw":
-        cs = c_values(c)
         rows, median_l2 = cw_rows(model, x, y, epsilons, steps, cs, keep=kept)
         found = "none succeeded" if math.isnan(median_l2) else f"median L2 of successful perturbations {median_l2:.3f}"
         each = "" if len(cs) == 1 else ", per image the smallest successful perturbation over them"
@@ -133,5 +133,5 @@ def run_attack(run: RunDir, method: str, epsilons: Sequence[float] | None, steps
         plot_xy(series if targets is not None else {method: series["accuracy"]}, tmp / f"{name}_accuracy.png",
                 xlabel=xlabel, ylabel="test accuracy (%)" if targets is None else "%")
         plot_gallery(model, x[:GALLERY], y[:GALLERY], classes, method, epsilons, tmp / f"{name}_gallery.png", steps,
-                     None if targets is None else targets[:GALLERY], c=c_values(c)[0], adversarials=kept)
+                     None if targets is None else targets[:GALLERY], c=cs[0], adversarials=kept)
     return {"rows": rows, "header": header, "table": table, "out": out}

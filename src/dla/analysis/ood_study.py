@@ -252,8 +252,8 @@ def run_odin_grid(
     if n < 2:
         raise DlaError(f"--n: the ODIN grid splits the images into two halves: needs >= 2, got {n}")
     with atomic_dir(run.path / "ood") as out:
-        result, lines = _odin_grid(run, ood_set, data_root, n, temperatures, epsilons, seed, out)
-    print("\n".join(lines))
+        result, text = _odin_grid(run, ood_set, data_root, n, temperatures, epsilons, seed, out)
+    print(text, end="")
     return result
 
 
@@ -315,7 +315,7 @@ def _odin_grid(run, ood_set, data_root, n, temperatures, epsilons, seed, out):
         f"AUPR-Out {chosen['aupr_out']:.4f}, FPR@95TPR {chosen['fpr95']:.4f}.",
         *other_tables,
     ]
-    lines = re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).split("\n")  # one blank line between blocks
-    (out / "odin_grid.md").write_text("\n".join(lines).rstrip("\n") + "\n")
+    text = re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).rstrip("\n") + "\n"  # one blank line between blocks
+    (out / "odin_grid.md").write_text(text)
     (out / "odin_grid.json").write_text(json.dumps(result, indent=2) + "\n")
-    return result, lines
+    return result, text
