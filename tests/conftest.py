@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -63,3 +65,11 @@ def tiny_config(*overrides: str):
 def copy_tree(src: Path, dst: Path) -> Path:
     shutil.copytree(src, dst)
     return dst
+
+
+def torchrun(*args: str, env: dict, launch: tuple[str, ...] | list[str] = ("--master_port", "29517"), **kwargs) -> None:
+    """`dla ARGS` under torchrun with 2 processes: it must exit 0 with no rank aborting at exit (gloo's threads
+    outliving the interpreter print "terminate called" and raise SIGABRT after a successful run)."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", *launch, "-m", "dla", *args]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, **kwargs)
+    assert proc.returncode == 0 and "terminate called" not in proc.stderr, proc.stdout + proc.stderr

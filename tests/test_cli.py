@@ -10,7 +10,9 @@ import time
 import pytest
 from PIL import Image
 
-from conftest import TINY
+import torch
+from conftest import TINY, torchrun
+from dla.build import load_run_model
 from dla.cli import main
 from dla.data.vision import load_image_data
 from dla.rundir import RunDir
@@ -56,23 +58,27 @@ def test_demo_flow_train_eval_predict_report(data_root, tmp_path):
     dla("train", "lab1-mlp", *TINY, "data.train_subset=4096", "train.epochs=4", "run_name=demo", env_root=data_root)
     run = RunDir.open("runs/lab1-mlp/demo")
     summary = run.read_summary()
-    assert summary["test_acc"] > 0.85
+    assert summary["test_acc"] > 0.5  # a learning check with a wide margin (chance is 0.1; about 0.9 here)
 
     evaluated = json.loads(dla("eval", str(run.path), "--json", env_root=data_root).stdout)
     assert evaluated["test_acc"] == pytest.approx(summary["test_acc"], abs=1e-6)
 
     test = load_image_data("mnist", data_root, val_size=100, download=False).test
-    paths, labels = [], []
+    paths = []
     for i in range(8):
         path = tmp_path / f"digit{i}.png"
         Image.fromarray(test.x[i, 0].numpy()).save(path)
         paths.append(str(path))
-        labels.append(str(int(test.y[i])))
     lines = dla("predict", str(run.path), *paths, "--json", "--top-k", "3", env_root=data_root).stdout.splitlines()
     preds = [json.loads(line) for line in lines]
     assert len(preds) == 8 and all(len(p["top"]) == 3 for p in preds)
     assert all(p["top"][0]["prob"] >= p["top"][1]["prob"] for p in preds)
-    assert sum(p["top"][0]["class"] == y for p, y in zip(preds, labels)) >= 6
+    # the PNG files, read back, give what the run's model gives on the same pixels in memory (any CPU)
+    model, _ = load_run_model(run)
+    with torch.no_grad():
+        probs = model(test.x[:8].float() / 255).softmax(1)
+    assert [p["top"][0]["class"] for p in preds] == [str(int(c)) for c in probs.argmax(1)]
+    assert [p["top"][0]["prob"] for p in preds] == pytest.approx(probs.max(1).values.tolist(), abs=1e-4)
     bad = dla("predict", str(run.path), __file__, env_root=data_root, check=False)
     assert bad.returncode == 1 and "cannot read as an image" in bad.stderr
 
@@ -106,23 +112,36 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(data_root):
     ]
 
 
-@pytest.mark.parametrize("launch", [
-    ["--master_port", "29517"],
+@pytest.mark.parametrize("launch, times", [
+    (["--master_port", "29517"], 3),
     # the multi-node form (README, Engine) on one node: a c10d rendezvous on localhost
-    ["--nnodes", "1", "--rdzv-backend", "c10d", "--rdzv-endpoint", "localhost:29523", "--rdzv-id", "dla-test"],
+    (["--nnodes", "1", "--rdzv-backend", "c10d", "--rdzv-endpoint", "localhost:29523", "--rdzv-id", "dla-test"], 2),
 ], ids=["standalone", "c10d-rendezvous"])
-def test_torchrun_two_processes_match_single_process(data_root, launch):
+def test_torchrun_two_processes_match_single_process(data_root, launch, times):
+    """2 gloo processes give the 1-process metrics; 5 launches across both forms, each exiting 0 (the process
+    group is destroyed at the end of the command, dla.device.release_distributed)."""
     args = ("lab1-mlp", *TINY, "model.dropout=0", "train.epochs=2")
     env = {**os.environ, "DLA_DATA_ROOT": str(data_root), "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", *launch,
-           "-m", "dla", "train", *args, "run_name=ddp"]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    for i in range(times):
+        torchrun("train", *args, f"run_name=ddp{i}", env=env, launch=launch)
     dla("train", *args, "run_name=single", env_root=data_root)
-    assert sorted(p.name for p in (RunDir("runs/lab1-mlp").path).iterdir()) == ["ddp", "single"]
-    ddp, single = RunDir("runs/lab1-mlp/ddp"), RunDir("runs/lab1-mlp/single")
-    assert ddp.read_summary()["processes"] == 2 and single.read_summary()["processes"] == 1
-    for a, b in zip(ddp.read_metrics(), single.read_metrics()):
-        for key in ("train_loss", "train_acc", "val_loss", "val_acc"):
-            assert a[key] == pytest.approx(b[key], abs=2e-4), (key, a, b)
-    assert ddp.read_summary()["test_acc"] == pytest.approx(single.read_summary()["test_acc"], abs=2e-3)
+    assert sorted(p.name for p in (RunDir("runs/lab1-mlp").path).iterdir()) == [*(f"ddp{i}" for i in range(times)), "single"]
+    single = RunDir("runs/lab1-mlp/single")
+    assert single.read_summary()["processes"] == 1
+    for i in range(times):
+        ddp = RunDir(f"runs/lab1-mlp/ddp{i}")
+        assert ddp.read_summary()["processes"] == 2
+        for a, b in zip(ddp.read_metrics(), single.read_metrics(), strict=True):
+            for key in ("train_loss", "train_acc", "val_loss", "val_acc"):
+                assert a[key] == pytest.approx(b[key], abs=2e-4), (key, a, b)
+        assert ddp.read_summary()["test_acc"] == pytest.approx(single.read_summary()["test_acc"], abs=2e-3)
+
+
+def test_torchrun_error_exits_non_zero_on_every_rank_with_one_line(data_root):
+    """An error under torchrun still ends with one line, and the job fails (no hang on a destroyed group)."""
+    env = {**os.environ, "DLA_DATA_ROOT": str(data_root), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29527",
+           "-m", "dla", "train", "lab1-mlp", *TINY, "train.batch_size=127"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0 and "terminate called" not in proc.stderr
+    assert "train.batch_size=127 must divide evenly across 2 processes" in proc.stderr

@@ -13,7 +13,7 @@ import time
 
 import numpy as np
 import pytest
-from conftest import REPO, SHARED, need
+from conftest import REPO, SHARED, need, torchrun
 
 pytest.importorskip("transformers")
 
@@ -399,10 +399,7 @@ def test_finetune_under_torchrun_matches_one_process(tiny_bert, tmp_path):
     need(AG_NEWS, "the shared AG News test split")
     args = [*tiny_overrides(tiny_bert), "train.epochs=2", "train.patience=null"]
     env = {**os.environ, **SUBPROCESS_ENV}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29531",
-           "-m", "dla", "hf", "finetune", "lab2-finetune-agnews", *args, "run_name=ddp"]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    torchrun("hf", "finetune", "lab2-finetune-agnews", *args, "run_name=ddp", env=env, launch=("--master_port", "29531"))
     assert run_dla("hf", "finetune", "lab2-finetune-agnews", *args, "run_name=single").returncode == 0
     ddp = RunDir(tmp_path / "runs" / "lab2-finetune-agnews" / "ddp")
     single = RunDir(tmp_path / "runs" / "lab2-finetune-agnews" / "single")

@@ -426,3 +426,8 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"dla: error: {'; '.join(line for line in message.splitlines() if line.strip())}", file=sys.stderr)
         return getattr(exc, "exit_code", 1)
+    finally:
+        if "accelerate" in sys.modules:  # a command that made an accelerator (torch is loaded then)
+            from dla.device import release_distributed
+
+            release_distributed()

@@ -43,6 +43,19 @@ def make_accelerator(train: TrainConfig) -> Accelerator:
     return accelerator
 
 
+def release_distributed() -> None:
+    """Destroy the process group that the first `make_accelerator` of a torchrun process created.
+
+    Called once, when a command ends by any path (`dla.cli.main`). Left alive, gloo's worker threads
+    meet the interpreter's shutdown and can abort the process (SIGABRT, "terminate called without an
+    active exception") after a successful run, so torchrun reports the job as failed.
+    """
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        from accelerate import PartialState
+
+        PartialState().destroy_process_group()
+
+
 def cpu_description() -> str:
     """The CPU model, its core count and its bf16 units (AMX, AVX512-BF16), which decide what bf16
     autocast gains on it: every speed figure should say which CPU it was measured on."""
