@@ -555,18 +555,19 @@ def test_attack_failing_half_way_leaves_the_run_as_it_was(runs, tmp_path, monkey
 
 def test_ood_failing_on_the_second_set_leaves_the_run_as_it_was(runs, tmp_path, monkeypatch):
     from dla.analysis import ood_study
+    from dla.data import ood as ood_sets
     from dla.rundir import RunDir
 
     run = RunDir(shutil.copytree(runs.image, tmp_path / "run"))
     before = tree_hash(run.path)
-    real = ood_study.ood_set_images
+    real = ood_sets.ood_set_images
 
     def second_fails(name, *args, **kwargs):
         if name == "noise-gaussian":
             raise RuntimeError("disk full")
         return real(name, *args, **kwargs)
 
-    monkeypatch.setattr(ood_study, "ood_set_images", second_fails)
+    monkeypatch.setattr(ood_sets, "ood_set_images", second_fails)
     with pytest.raises(RuntimeError):
         ood_study.run_ood(run, ["noise-uniform", "noise-gaussian"], ["msp"], runs.root, n=16)
     assert tree_hash(run.path) == before and not (run.path / "ood").exists()

@@ -19,7 +19,8 @@ pytest.importorskip("transformers")
 
 from dla import experiment
 from dla.cli import main
-from dla.config import TEXT_CLASSIFIER, load_experiment, load_run_config, run_kind
+from dla.config import load_experiment, load_run_config
+from dla.kinds import TEXT_CLASSIFIER
 from dla.data.topics import (
     clean_ag_news,
     load_ag_news,
@@ -154,7 +155,7 @@ def test_finetune_configs_load_and_reject_unknown_keys():
     agnews = load_experiment("lab2-finetune-agnews")
     assert (agnews.model.pretrained, agnews.data.name, agnews.data.split_sizes) == ("minilm", "ag_news", [5600, 800, 1200])
     assert (agnews.optim.lr, agnews.optim.weight_decay, agnews.sched.name) == (1e-4, 0.01, "linear")
-    assert run_kind(agnews) == TEXT_CLASSIFIER
+    assert agnews.kind == TEXT_CLASSIFIER
     yahoo = load_experiment("lab2-finetune-yahoo", ["train.epochs=1", "data.train_size=1000"])
     assert (yahoo.model.pretrained, yahoo.train.epochs, yahoo.data.train_size) == ("distilroberta-base", 1, 1000)
     with pytest.raises(ConfigError, match=r"unknown key optim\.lrr \(did you mean optim\.lr\?\)"):
@@ -180,7 +181,7 @@ def test_old_finetune_keys_name_the_new_key(old, new, capsys):
 def test_old_kind_key_in_a_yaml_file_is_one_clear_error(tmp_path):
     old = tmp_path / "old.yaml"
     old.write_text("kind: hf-text-classifier\ndata: {name: ag_news}\nmodel: {name: hf-encoder}\n")
-    with pytest.raises(ConfigError, match="kind is a key of the old fine-tuning dialect: remove it"):
+    with pytest.raises(ConfigError, match="kind: hf-text-classifier is the old fine-tuning dialect; use kind: text-classifier"):
         load_experiment(str(old))
 
 
@@ -283,7 +284,7 @@ def test_tiny_finetune_beats_chance_and_writes_a_run(tiny_bert, capsys):
     assert summary["best_epoch"] == max(history, key=lambda r: r["val_acc"])["epoch"]
     assert summary["steps"] == 4 * 60 and summary["train_tokens_per_s"] > 0
     assert summary["splits"]["train"]["per_class"] == [240] * 4 and summary["max_length"] == 48
-    assert summary["kind"] == run_kind(load_run_config(run)) == TEXT_CLASSIFIER
+    assert summary["kind"] == load_run_config(run).kind == TEXT_CLASSIFIER
     for name in ("config.yaml", "metrics.jsonl", "summary.json", "plots/curves.png", "plots/confusion.png",
                  "checkpoints/best.safetensors", "checkpoints/last.pt",
                  "model/model.safetensors", "model/config.json", "model/tokenizer.json"):

@@ -52,7 +52,7 @@ def test_char_run_learns_keeps_best_weights_and_scores_test(text_root, tmp_path)
     assert summary["best_step"] == best["step"] and summary["best_val_loss"] == pytest.approx(best["val_loss"])
     # the kept weights are the best round's: re-evaluating them gives its val loss
     model, cfg2 = build.load_run_model(run)
-    data = build.load_data(cfg2, text_root, load_tokenizer(run.tokenizer))
+    data = build.load_data(cfg2, text_root, run)  # the run's own tokenizer
     task = experiment.make_task(cfg2, data)
     acc = make_accelerator(cfg2.train)
     assert task.evaluate(model, "val", acc, cfg2.train)["loss"] == pytest.approx(best["val_loss"], rel=1e-4)

@@ -13,7 +13,7 @@ from conftest import TINY, tiny_config
 from dla import experiment
 from dla.cli import main
 from dla.errors import DlaError
-from dla.config import IMAGE_CLASSIFIER, LANGUAGE_MODEL, TEXT_CLASSIFIER
+from dla.kinds import IMAGE_CLASSIFIER, LANGUAGE_MODEL, TEXT_CLASSIFIER
 from dla.report.site import build_site, differing_keys, run_kind
 from dla.rundir import RunDir
 from dla.sweep import run_sweep
@@ -57,13 +57,13 @@ def test_differing_keys_finds_exactly_the_keys_that_differ():
     assert differing_keys([{"x": 1}, {"x": 1.0}, {"x": True}]) == ["x"]  # 1 and true are not the same setting
 
 
-def test_run_kind_of_configs_this_version_cannot_load(tmp_path):
-    run = RunDir(tmp_path)
-    (tmp_path / "config.yaml").write_text("kind: hf-text-classifier\nmodel: {name: distilroberta-base}\n")  # old dialect
-    assert run_kind(run, {"kind": "hf-text-classifier"}, {}) == TEXT_CLASSIFIER
-    assert run_kind(run, {"data": {"name": "inferno"}}, {}) == LANGUAGE_MODEL
-    assert run_kind(run, {}, {"unit": "round"}) == LANGUAGE_MODEL
-    assert run_kind(run, {"data": {"name": "mnist"}}, {"unit": "epoch"}) == IMAGE_CLASSIFIER
+def test_run_kind_of_configs_this_version_cannot_load():
+    """A config with no `kind:` (older runs), or the old fine-tuning dialect's, is told apart by its data and summary."""
+    assert run_kind({"kind": "hf-text-classifier"}, {}).name == TEXT_CLASSIFIER  # old dialect
+    assert run_kind({"data": {"name": "inferno"}}, {}).name == LANGUAGE_MODEL
+    assert run_kind({}, {"unit": "round"}).name == LANGUAGE_MODEL
+    assert run_kind({"data": {"name": "mnist"}}, {"unit": "epoch"}).name == IMAGE_CLASSIFIER
+    assert run_kind({"kind": "language-model", "data": {"name": "mnist"}}, {}).name == LANGUAGE_MODEL  # declared wins
 
 
 def test_site_pages_tables_and_figures(runs, tmp_path):

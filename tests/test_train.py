@@ -64,8 +64,12 @@ def test_a_config_cut_short_is_refused_and_older_complete_ones_still_load(tmp_pa
     run.config.write_text(text[: text.index("\ntrain:") + 1])  # whole sections missing, the cut at a line end
     with pytest.raises(DlaError, match="config.yaml: incomplete run config \\(no train section\\)"):
         RunDir.open(run.path)
-    run.config.write_text(text.removesuffix("# end of the resolved config\n"))  # as runs wrote it before the mark
-    assert load_run_config(RunDir.open(run.path)) == cfg
+    with pytest.raises(DlaError, match="config.yaml: incomplete run config \\(no end mark\\)"):
+        run.config.write_text(text.removesuffix("# end of the resolved config\n"))  # every section, no mark
+        RunDir.open(run.path)
+    older = "".join(line for line in text.splitlines(keepends=True) if not line.startswith("kind:"))
+    run.config.write_text(older.removesuffix("# end of the resolved config\n"))  # as runs wrote it before the mark
+    assert load_run_config(RunDir.open(run.path)) == cfg  # its kind told apart by its data set
 
 
 def test_resume_gives_identical_metrics(data_root):

@@ -1,108 +1,60 @@
-"""From a config to the things it names: its data, its class names and its model, and a run's model.
+"""From a config to the things it names: its run kind, data, class names and model, and a run's model.
 
 Training (`dla.experiment`) and every later step (`eval`, `predict`, `generate`, `ood`, `attack`,
-CAM) build through here, so a run is always rebuilt exactly as it was trained.
+CAM) build through here, so a run is always rebuilt exactly as it was trained. What differs between
+kinds of run lives in the kind (`dla.kinds`); this module asks it.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from dla.config import (
-    IMAGE_CLASSIFIER,
-    LANGUAGE_MODEL,
-    TEXT_CLASSIFIER,
-    ExperimentConfig,
-    load_run_config,
-    require_run_kind,
-    run_kind,
-)
-from dla.data.text import TextData, build_text_data, load_corpus
-from dla.data.vision import ImageData, get_spec, load_image_data
-from dla.errors import CheckpointError, ConfigError
-from dla.models import MODELS, build_model
+import dla.kinds.builtin  # noqa: F401  registers the built-in run kinds
+from dla.config import ExperimentConfig, load_run_config
+from dla.data.text import load_tokenizer
+from dla.errors import CheckpointError, DlaError
+from dla.generate_run import default_prompt, stream_text
+from dla.kinds import kind_of, require_command
+from dla.kinds.image import input_shape
 from dla.rundir import RunDir
 from dla.train.checkpoint import load_weights
 
-COMMAND_KIND = {"dla ood": IMAGE_CLASSIFIER, "dla attack": IMAGE_CLASSIFIER, "dla cam": IMAGE_CLASSIFIER,
-                "dla detect": IMAGE_CLASSIFIER, "dla generate": LANGUAGE_MODEL,
-                "dla hf eval": TEXT_CLASSIFIER}  # the commands that work on one kind of run only
+__all__ = ["class_names", "describe_data", "input_shape", "kind_of", "load_data", "load_run_model", "model_for",
+           "open_run"]
 
 
 def class_names(cfg: ExperimentConfig) -> tuple[str, ...]:
     """The names of the classes a run's model predicts, in output order."""
-    kind = run_kind(cfg)
-    if kind == TEXT_CLASSIFIER:
-        from dla.data.topics import TOPIC_CLASSES
-
-        return TOPIC_CLASSES[cfg.data.name]
-    if kind == LANGUAGE_MODEL:
-        raise ConfigError("a language model has a vocabulary, not classes")
-    names = get_spec(cfg.data.name).classes
-    names = tuple(names[i] for i in cfg.data.classes) if cfg.data.classes else names
-    return (*names, "background") if getattr(cfg.data, "background_class", False) else names
-
-
-def input_shape(cfg: ExperimentConfig) -> tuple[int, int, int]:
-    """The (C, H, W) an image-classifier run was trained on: its data set's, or its canvas's."""
-    c, h, w = get_spec(cfg.data.name).shape
-    canvas = getattr(cfg.data, "canvas", None)
-    return (c, canvas, canvas) if canvas else (c, h, w)
+    return kind_of(cfg).class_names(cfg)
 
 
 def model_for(cfg: ExperimentConfig) -> torch.nn.Module:
     """The model `cfg` describes, freshly initialised (a pretrained encoder: with its pretrained weights)."""
-    kind = run_kind(cfg)
-    entry = MODELS[cfg.model.name]
-    if kind == LANGUAGE_MODEL:
-        if cfg.model.name != "gpt":
-            raise ConfigError(f"data.name={cfg.data.name} is text: it needs model.name=gpt, not {cfg.model.name}")
-        return entry.build(cfg.model, (cfg.data.block_size,), cfg.model.vocab_size)
-    if kind == TEXT_CLASSIFIER:
-        if cfg.model.name != "hf-encoder":
-            raise ConfigError(f"data.name={cfg.data.name} is topic classification: it needs model.name=hf-encoder "
-                              f"(model.pretrained=minilm or a Hub id), not {cfg.model.name}")
-        return entry.build(cfg.model, (), len(class_names(cfg)))
-    if cfg.model.name in ("gpt", "hf-encoder"):
-        raise ConfigError(f"model.name={cfg.model.name} does not classify images; use mlp or cnn")
-    spec = get_spec(cfg.data.name)
-    return build_model(cfg.model, input_shape(cfg), len(class_names(cfg)), spec.mean, spec.std)
+    kind = kind_of(cfg)
+    kind.check(cfg)
+    return kind.build_model(cfg)
 
 
-def load_data(cfg: ExperimentConfig, data_root: Path | None, tokenizer: Any = None, quiet: bool = False):
-    """The data a config trains on: `ImageData`, `TextData` (a language model) or `TopicInputs` (a text classifier)."""
-    d = cfg.data
-    kind = run_kind(cfg)
-    if kind == LANGUAGE_MODEL:
-        text, source = load_corpus(d.name, data_root, d.path, d.download)
-        return build_text_data(text, source, d.splits, d.tokenizer, d.vocab_size, d.min_frequency, tok=tokenizer)
-    if kind == TEXT_CLASSIFIER:
-        from dla.data.topics import prepare_topics
-
-        return prepare_topics(d, cfg.model.pretrained, data_root, tokenizer, quiet=quiet)
-    return load_image_data(
-        d.name, data_root, d.val_size, d.split_seed, d.train_subset, d.test_subset, d.download, d.classes,
-        d.canvas, d.background_class,
-    )
+def load_data(cfg: ExperimentConfig, data_root: Path | None, run: RunDir | None = None, quiet: bool = False) -> Any:
+    """The data a config trains on (the kind's: `ImageData`, `TextData`, `TopicInputs`, ...); `run`: an
+    existing run whose saved state (a language model's tokenizer) is reused."""
+    return kind_of(cfg).load_data(cfg, data_root, run, quiet)
 
 
-def describe_data(data: Any) -> str:
-    if isinstance(data, TextData):
-        return data.describe()
-    if isinstance(data, ImageData):
-        return f"{data.source}: {len(data.train)} train / {len(data.val)} val / {len(data.test)} test"
-    return data.source
+def describe_data(cfg: ExperimentConfig, data: Any) -> str:
+    return kind_of(cfg).describe_data(data)
 
 
 def open_run(path: str | Path, command: str | None = None) -> tuple[RunDir, ExperimentConfig]:
-    """A run directory and its config; with `command`, a run of the kind that command works on."""
+    """A run directory and its config; with `command`, a run of a kind that takes that command."""
     run = RunDir.open(path)
     cfg = load_run_config(run)
-    if command in COMMAND_KIND:
-        require_run_kind(cfg, COMMAND_KIND[command], command, run.path)
+    if command is not None:
+        require_command(cfg, command, run.path)
     return run, cfg
 
 
@@ -115,3 +67,37 @@ def load_run_model(run: RunDir, device: torch.device | str = "cpu") -> tuple[tor
     model = model_for(cfg)
     load_weights(model, run.best_weights)
     return model.to(device).eval(), cfg
+
+
+def predict_run(path: str | Path, inputs: list[str], top_k: int = 3, invert: bool = False) -> tuple[Any, list]:
+    """`dla predict`: the run's kind (its `predict_input` names what the inputs are) and, for each input,
+    (input, how it is shown, [(class, probability), ...] best first) from the run's best weights."""
+    if top_k < 1:
+        raise DlaError(f"--top-k: must be >= 1, got {top_k}")
+    run, cfg = open_run(path, "dla predict")
+    model, cfg = load_run_model(run)
+    kind = kind_of(cfg)
+    return kind, kind.predict(model, cfg, run, inputs, top_k, invert)
+
+
+def load_lm_run(run_path: str | Path, device: str = "cpu"):
+    """(model with best weights, tokenizer, config) of a language-model run directory."""
+    run, _ = open_run(run_path, "dla generate")
+    model, cfg = load_run_model(run, device)
+    return model, load_tokenizer(run.tokenizer), cfg
+
+
+def generate_from_run(
+    run_path: str | Path, prompt: str | None = None, max_new_tokens: int = 500, temperature: float = 0.8,
+    top_k: int | None = 50, top_p: float | None = 0.95, seed: int | None = 0,
+) -> Iterator[str]:
+    """The prompt (default: the run's own, `\\n` read as a line break), then each generated piece as it is sampled.
+
+    `dla generate RUN` and `dla hf generate --run RUN` both print exactly this stream.
+    """
+    model, tokenizer, cfg = load_lm_run(run_path)
+    prompt = (prompt if prompt is not None else default_prompt(cfg)).replace("\\n", "\n")
+    top_k = top_k if top_k and top_k > 0 else None
+    tokenizer.encode(prompt)  # an unknown character fails here, before any output
+    yield prompt
+    yield from stream_text(model, tokenizer, prompt, max_new_tokens, temperature, top_k, top_p, seed)

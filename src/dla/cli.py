@@ -69,21 +69,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from dla.build import open_run
-    from dla.config import TEXT_CLASSIFIER, run_kind
+    from dla.build import predict_run
 
-    run, cfg = open_run(args.run)
-    if run_kind(cfg) == TEXT_CLASSIFIER:  # a fine-tuned text classifier (Lab 2.3): the arguments are texts
-        from dla.hf.cli import predict_command
-
-        return predict_command(args)
-    from dla.analysis.predict import predict_images
-
-    for path, ranked in predict_images(run, args.images, args.top_k, args.invert):
+    # images for an image classifier, texts for a text classifier (Lab 2.3)
+    kind, rows = predict_run(args.run, list(args.images), args.top_k, args.invert)
+    for item, shown, ranked in rows:
         if args.json:
-            print(json.dumps({"image": path, "top": [{"class": k, "prob": p} for k, p in ranked]}))
+            print(json.dumps({kind.predict_input: item, "top": [{"class": k, "prob": p} for k, p in ranked]}))
         else:
-            print(f"{path}: " + "  ".join(f"{k} {p:.3f}" for k, p in ranked))
+            print(f"{shown}: " + "  ".join(f"{k} {p:.3f}" for k, p in ranked))
     return 0
 
 
@@ -100,7 +94,7 @@ def write_stream(pieces) -> int:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from dla.generate_run import generate_from_run
+    from dla.build import generate_from_run
 
     return write_stream(generate_from_run(args.run, args.prompt, args.max_new_tokens, args.temperature, args.top_k,
                                           args.top_p, args.seed))

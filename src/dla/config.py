@@ -19,7 +19,14 @@ from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
-from dla.errors import ConfigError, WrongRunKind
+from dla.errors import ConfigError
+from dla.kinds import (
+    DATA_SECTIONS,
+    IMAGE_CLASSIFIER,
+    LANGUAGE_MODEL,
+    TEXT_CLASSIFIER,
+    legacy_kind,
+)
 
 
 @dataclass
@@ -72,8 +79,6 @@ class TextDataConfig:
             )
 
 
-TEXT_DATA = ("inferno",)
-
 
 @dataclass
 class TopicDataConfig:
@@ -103,19 +108,9 @@ class TopicDataConfig:
             raise ConfigError(f"data.length_percentile: must be in [50, 100], got {self.length_percentile}")
 
 
-TOPIC_DATA = ("ag_news", "yahoo_answers_topics")
-
-# What kind of model a run trains, decided by its data section: the one way every command tells runs apart.
-IMAGE_CLASSIFIER, LANGUAGE_MODEL, TEXT_CLASSIFIER = "image-classifier", "language-model", "text-classifier"
-
-
-def run_kind(cfg: "ExperimentConfig") -> str:
-    """image-classifier (Labs 1, 3), language-model (Lab 2.1) or text-classifier (Lab 2.3)."""
-    if isinstance(cfg.data, TextDataConfig):
-        return LANGUAGE_MODEL
-    if isinstance(cfg.data, TopicDataConfig):
-        return TEXT_CLASSIFIER
-    return IMAGE_CLASSIFIER
+# The built-in kinds' data sections (dla.kinds.builtin registers the kinds themselves; a new kind
+# registers its own data section with `dla.kinds.register_kind`).
+DATA_SECTIONS.update({IMAGE_CLASSIFIER: DataConfig, LANGUAGE_MODEL: TextDataConfig, TEXT_CLASSIFIER: TopicDataConfig})
 
 
 @dataclass
@@ -164,7 +159,8 @@ class TrainConfig:
     compile: bool = False  # torch.compile the model
     device: Literal["auto", "cpu", "cuda"] = "auto"
     deterministic: bool = True
-    monitor: Literal["val_acc", "val_loss"] = "val_acc"
+    monitor: str = "val_acc"  # any val_ metric of the run's task (val_acc, val_loss, val_f1, ...)
+    monitor_mode: Literal["auto", "max", "min"] = "auto"  # auto: min for a loss, max for anything else
     patience: int | None = None  # epochs (language models: evaluations) without improvement before stopping; None: never
     min_delta: float = 0.0  # the least change that counts as an improvement
     log_every: int = 50  # steps between loss checks and progress-bar updates
@@ -199,6 +195,8 @@ class TrainConfig:
             raise ConfigError(f"train.adv_eps: must be in (0, 1] (pixel units; 8/255 ~ 0.031), got {self.adv_eps}")
         if self.min_delta < 0:
             raise ConfigError(f"train.min_delta: must be >= 0, got {self.min_delta}")
+        if not self.monitor.startswith("val_") or len(self.monitor) == 4:
+            raise ConfigError(f"train.monitor: a validation metric val_NAME (e.g. val_acc, val_loss), got {self.monitor!r}")
 
 
 @dataclass
@@ -218,10 +216,11 @@ class BaselineConfig:
 @dataclass
 class ExperimentConfig:
     name: str = "experiment"
+    kind: str = IMAGE_CLASSIFIER  # the registered run kind (dla.kinds): image-classifier, language-model, ...
     seed: int = 0
     runs_dir: str = "runs"
     run_name: str | None = None  # default: a timestamp
-    data: Any = field(default_factory=DataConfig)  # DataConfig, TextDataConfig (a text corpus) or TopicDataConfig
+    data: Any = field(default_factory=DataConfig)  # the kind's data section (DataConfig, TextDataConfig, ...)
     model: Any = None  # the dataclass registered for model.name (see dla.models)
     optim: OptimConfig = field(default_factory=OptimConfig)
     sched: SchedConfig = field(default_factory=SchedConfig)
@@ -239,7 +238,6 @@ ALIASES = {"data": "data.name", "tracker": "track.tracker", "model": "model.name
 
 # Keys of the former fine-tuning dialect (dla hf finetune before one engine) and where they went.
 RENAMED = {
-    "kind": "remove it: a run's kind follows from data.name",
     "train.lr": "use optim.lr",
     "train.weight_decay": "use optim.weight_decay",
     "train.warmup_frac": "use sched.warmup_frac (with sched.name=linear)",
@@ -349,17 +347,6 @@ def _short(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def require_run_kind(cfg: Any, wanted: str, command: str, path: Path | str) -> None:
-    """Raise `WrongRunKind` naming both kinds when `cfg` is not a run of the kind `command` needs."""
-    kind = run_kind(cfg)
-    if kind != wanted:
-        raise WrongRunKind(f"{command} needs {_article(wanted)} {wanted} run; {path} is {_article(kind)} {kind} run")
-
-
-def _article(word: str) -> str:
-    return "an" if word[0] in "aeiou" else "a"
-
-
 def _split_override(text: str) -> tuple[str, str]:
     key, sep, value = text.partition("=")
     if not sep or not key:
@@ -406,7 +393,11 @@ def _build(cls: type, raw: Any, prefix: str) -> Any:
             hint = f" (did you mean {prefix}{near[0]}?)" if near else ""
             raise ConfigError(f"unknown key {prefix}{key}{hint}; valid keys: {', '.join(prefix + n for n in names)}")
     kwargs = {}
+    if cls is ExperimentConfig:
+        kwargs["kind"] = _kind(raw)
     for name in names:
+        if name in kwargs:
+            continue
         if name not in raw:
             if cls is ExperimentConfig and name == "model":
                 raise ConfigError("the experiment has no model section; set model.name")
@@ -415,9 +406,7 @@ def _build(cls: type, raw: Any, prefix: str) -> Any:
         if cls is ExperimentConfig and name == "model":
             kwargs[name] = _build(_model_class(raw[name], prefix), raw[name], key + ".")
         elif cls is ExperimentConfig and name == "data":
-            data_name = raw[name].get("name") if isinstance(raw[name], dict) else None
-            data_cls = TextDataConfig if data_name in TEXT_DATA else TopicDataConfig if data_name in TOPIC_DATA else DataConfig
-            kwargs[name] = _build(data_cls, raw[name], key + ".")
+            kwargs[name] = _build(DATA_SECTIONS[kwargs["kind"]], raw[name], key + ".")
         else:
             kwargs[name] = coerce(raw[name], hints[name], key)
     try:
@@ -428,6 +417,19 @@ def _build(cls: type, raw: Any, prefix: str) -> Any:
     if validate:
         validate()
     return obj
+
+
+def _kind(raw: dict[str, Any]) -> str:
+    """The declared `kind:`, else (a config written before kinds were declared) the one `legacy_kind` infers."""
+    kind = raw.get("kind")
+    if kind == "hf-text-classifier":
+        raise ConfigError("kind: hf-text-classifier is the old fine-tuning dialect; use kind: text-classifier "
+                          "(or remove it: a config without kind: is told apart by data.name)")
+    if kind is None:
+        return legacy_kind(raw)
+    if not isinstance(kind, str) or kind not in DATA_SECTIONS:
+        raise ConfigError(f"kind: {kind!r} is not a run kind; valid: {', '.join(sorted(DATA_SECTIONS))}")
+    return kind
 
 
 _BOOLS = {"true": True, "yes": True, "on": True, "1": True, "false": False, "no": False, "off": False, "0": False}

@@ -18,24 +18,8 @@ from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list, set_seed
 
 from dla import STARTED
-from dla.analysis.gradients import GradientStats
-from dla.analysis.ood_tracking import OODTracking, check_ood_tracking
-from dla.build import (
-    class_names,
-    describe_data,
-    load_data,
-    load_run_model,
-    model_for,
-    open_run,
-)
-from dla.config import (
-    LANGUAGE_MODEL,
-    TEXT_CLASSIFIER,
-    ExperimentConfig,
-    run_kind,
-    to_dict,
-)
-from dla.data.text import TextData, load_tokenizer
+from dla.build import describe_data, kind_of, load_data, load_run_model, model_for, open_run
+from dla.config import ExperimentConfig, to_dict
 from dla.device import can_compile, make_accelerator, seed_process
 from dla.errors import ConfigError
 from dla.io import atomic_text
@@ -48,40 +32,20 @@ from dla.train.callbacks import Callback, EarlyStopping
 from dla.train.checkpoint import load_state
 from dla.train.loop import FitState, fit, set_rng_state
 from dla.train.optim import build_optimizer, build_scheduler
-from dla.train.tasks import ImageTask, LMTask, Task, TextClassifierTask
+from dla.train.tasks import Task
 
 
 def make_task(cfg: ExperimentConfig, data: Any) -> Task:
-    """The task for the data, after checking the config suits it.
-
-    Settings that follow from the data (a language model's vocabulary and context) are filled in
-    when unset; a value the user set that contradicts the data stops with a one-line error.
-    """
-    kind = run_kind(cfg)
-    if kind == LANGUAGE_MODEL:
-        if cfg.model.name != "gpt":
-            raise ConfigError(f"data.name={cfg.data.name} is text: it needs model.name=gpt, not {cfg.model.name}")
-        if cfg.train.max_steps is None:
-            raise ConfigError("language models train for a number of steps: set train.max_steps (e.g. 5000)")
-        if cfg.train.monitor != "val_loss":
-            raise ConfigError("language models have no accuracy: set train.monitor=val_loss")
-        vocab, block = data.tokenizer.vocab_size, cfg.data.block_size
-        if cfg.model.vocab_size not in (None, vocab):
-            raise ConfigError(f"model.vocab_size={cfg.model.vocab_size} differs from the tokenizer's {vocab}; leave it unset")
-        if cfg.model.block_size is not None and cfg.model.block_size < block:
-            raise ConfigError(f"model.block_size={cfg.model.block_size} is shorter than data.block_size={block}, "
-                              f"the training windows; leave it unset or make it >= {block}")
-        cfg.model.vocab_size = vocab
-        cfg.model.block_size = cfg.model.block_size or block
-        return LMTask(data, block, cfg.seed)
-    if kind == TEXT_CLASSIFIER:
-        train_size = len(data.data.train)
-        if cfg.train.batch_size > train_size:
-            raise ConfigError(f"train.batch_size={cfg.train.batch_size} exceeds the {train_size} training texts")
-        return TextClassifierTask(data, cfg.data.group_by_length)
-    if cfg.train.batch_size > len(data.train):
-        raise ConfigError(f"train.batch_size={cfg.train.batch_size} exceeds the {len(data.train)} training images")
-    return ImageTask(data, cfg.data.augment)
+    """The run kind's task for the data, after checking that the config suits it and that `train.monitor`
+    names one of the task's validation metrics."""
+    kind = kind_of(cfg)
+    kind.check(cfg)
+    task = kind.make_task(cfg, data)
+    valid = [f"val_{m}" for m in task.metrics]
+    if cfg.train.monitor not in valid:
+        raise ConfigError(f"train.monitor: {cfg.train.monitor} is not a validation metric of a {kind.title} "
+                          f"run; valid: {', '.join(valid)}")
+    return task
 
 
 _trained_before = False  # start-up time counts from the process's start for its first run only
@@ -101,12 +65,12 @@ def train(
     origin = time.perf_counter() if _trained_before else STARTED  # a command's first run counts its imports
     _trained_before = True
     check_tracker(cfg.track.tracker)
-    check_ood_tracking(cfg)
+    kind = kind_of(cfg)
+    kind.check(cfg)
     accelerator = make_accelerator(cfg.train)
     main = accelerator.is_main_process
     set_seed(cfg.seed)
-    tokenizer = load_tokenizer(resume.tokenizer) if resume is not None and run_kind(cfg) == LANGUAGE_MODEL else None
-    data = load_data(cfg, data_root, tokenizer, quiet=quiet or not main)
+    data = load_data(cfg, data_root, resume, quiet=quiet or not main)
     task = make_task(cfg, data)
     set_seed(cfg.seed)  # the initial weights depend on the seed alone, whatever loading the data drew
     raw_model = model_for(cfg).to(accelerator.device)
@@ -115,7 +79,7 @@ def train(
     optimizer = build_optimizer(raw_model, cfg.optim)
     scheduler = build_scheduler(optimizer, cfg.sched, task.total_steps(cfg.train))
     generator = torch.Generator().manual_seed(cfg.seed)
-    early = EarlyStopping(cfg.train.monitor, cfg.train.patience, cfg.train.min_delta)
+    early = EarlyStopping(cfg.train.monitor, cfg.train.patience, cfg.train.min_delta, cfg.train.monitor_mode)
     state = FitState(origin=origin)
 
     if resume is not None:
@@ -125,6 +89,7 @@ def train(
         optimizer.load_state_dict(saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])
         set_rng_state(saved["rng"], generator)
+        task.load_state_dict(saved.get("task", {}))
         early.load_state_dict(saved["early_stopping"])
         state = FitState(**saved["fit"], history=list(saved["history"]))
         if main:
@@ -134,8 +99,8 @@ def train(
         path = (run_path or RunDir.new_path(cfg.runs_dir, cfg.name, cfg.run_name)) if main else None
         path = broadcast_object_list([path])[0] if accelerator.num_processes > 1 else path
         run = RunDir.create(path, to_dict(cfg)) if main else RunDir(path)
-        if main and isinstance(data, TextData):
-            data.tokenizer.save(run.tokenizer)
+        if main:
+            kind.on_create(run, data)
     accelerator.wait_for_everyone()
     seed_process(cfg.seed, accelerator.process_index, state.step)
 
@@ -145,14 +110,12 @@ def train(
     if main:
         label = f"{cfg.name}-{run.name}"
         tracker = make_tracker(cfg.track.tracker, str(run.path), label, cfg.track.project, to_dict(cfg), state.epoch)
-    if main and cfg.train.grad_stats_every:
-        callbacks = [*callbacks, GradientStats(cfg.train.grad_stats_every)]
-    if main and cfg.train.ood_every:
-        callbacks = [*callbacks, OODTracking.for_run(cfg, data, data_root)]
+    if main:
+        callbacks = [*callbacks, *kind.callbacks(cfg, data, data_root)]
     params = count_parameters(raw_model)
     if main:
         print(
-            f"run {run.path}  |  {describe_data(data)}"
+            f"run {run.path}  |  {describe_data(cfg, data)}"
             f"  |  {cfg.model.name} {params:,} params  |  {accelerator.device} x{accelerator.num_processes}"
             f" {cfg.train.precision}"
         )
@@ -179,8 +142,7 @@ def train(
             if status in ("completed", "stopped early"):
                 summary.update({f"test_{k}": v for k, v in test.items()})
                 summary.update(task.summary(state.history))
-                if isinstance(data, TextData) and data.test_is_val:
-                    summary["test_split"] = "val (two-way split)"
+                summary.update(kind.summary(cfg, data))
             else:
                 summary["resume_with"] = f"dla train --resume {run.path}"
             run.write_summary(summary)
@@ -210,11 +172,11 @@ def run_summary(
     summary = {
         "experiment": cfg.name,
         "run": run.name,
-        "kind": run_kind(cfg),
+        "kind": cfg.kind,
         "status": status,
         "data": data.source,
         "model": cfg.model.name,
-        "unit": "round" if run_kind(cfg) == LANGUAGE_MODEL else "epoch",
+        "unit": kind_of(cfg).unit,
         "params": params,
         "epochs_run": state.epoch,
         "steps": state.step,
@@ -244,28 +206,13 @@ def evaluate_run(path: str | Path, data_root: Path | None, command: str = "dla e
     run, cfg = open_run(path, command)
     accelerator = make_accelerator(cfg.train)
     model, cfg = load_run_model(run, accelerator.device)
-    kind = run_kind(cfg)
-    if kind == TEXT_CLASSIFIER:
-        summary = run.read_summary()
-        recorded = summary.get("data_files", {})
-        if cfg.data.path is None and recorded.get("file") and Path(recorded["file"]).is_file():
-            cfg.data.path = recorded["file"]  # the file the run was trained on, wherever this command runs
-    tokenizer = load_tokenizer(run.tokenizer) if kind == LANGUAGE_MODEL else None
-    data = load_data(cfg, data_root, tokenizer, quiet=True)
+    kind = kind_of(cfg)
+    kind.prepare_eval(run, cfg)
+    data = load_data(cfg, data_root, run, quiet=True)
     task = make_task(cfg, data)
     test = task.test(model, accelerator, cfg.train)
-    result = {"run": str(run.path), "kind": kind, "data": data.source, **{f"test_{k}": v for k, v in test.items()}}
-    if kind == LANGUAGE_MODEL:
-        line = (f"{run.path}: {data.source} test loss {test['loss']:.4f} nats/token, {test['bpc']:.4f} bits/char; "
-                f"last-position loss of {cfg.data.block_size}-token windows {test['last_pos_loss']:.4f}")
-    elif kind == TEXT_CLASSIFIER:
-        from dla.hf.classify import confusion_text
-
-        result["n"] = len(data.data.test)
-        line = (f"{run.path}: {data.source} test split ({result['n']} texts): accuracy {test['acc']:.4f}  "
-                f"macro-F1 {test['f1']:.4f}  loss {test['loss']:.4f}\n"
-                + confusion_text(task.confusion["test"].long().numpy(), class_names(cfg)))
-    else:
-        line = f"{run.path}: {data.source} test loss {test['loss']:.4f}  test acc {test['acc']:.4f}"
+    extra, line = kind.eval_line(run, cfg, data, task, test)
+    result = {"run": str(run.path), "kind": cfg.kind, "data": data.source,
+              **{f"test_{k}": v for k, v in test.items()}, **extra}
     atomic_text(run.path / "eval.json", json.dumps(result, indent=2) + "\n")
     return result, line

@@ -1,4 +1,4 @@
-"""Text generation from a Lab 2.1 run: its tokenizer, its best weights, streamed piece by piece."""
+"""Text generation from a Lab 2.1 model and tokenizer, streamed piece by piece (a run's: `dla.build.generate_from_run`)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from dla.data.text import INFERNO_FIRST, load_tokenizer
+from dla.data.text import INFERNO_FIRST
 from dla.errors import DlaError
 
 
@@ -57,28 +57,3 @@ def sample_text(model, tokenizer, prompt: str, chars: int = 500, seed: int | Non
     finally:
         model.train(was_training)
     return "".join(out)
-
-
-def load_lm_run(run_path: str | Path, device: str = "cpu"):
-    """(model with best weights, tokenizer, config) of a language-model run directory."""
-    from dla.build import load_run_model, open_run
-
-    run, _ = open_run(run_path, "dla generate")
-    model, cfg = load_run_model(run, device)
-    return model, load_tokenizer(run.tokenizer), cfg
-
-
-def generate_from_run(
-    run_path: str | Path, prompt: str | None = None, max_new_tokens: int = 500, temperature: float = 0.8,
-    top_k: int | None = 50, top_p: float | None = 0.95, seed: int | None = 0,
-) -> Iterator[str]:
-    """The prompt (default: the run's own, `\\n` read as a line break), then each generated piece as it is sampled.
-
-    `dla generate RUN` and `dla hf generate --run RUN` both print exactly this stream.
-    """
-    model, tokenizer, cfg = load_lm_run(run_path)
-    prompt = (prompt if prompt is not None else default_prompt(cfg)).replace("\\n", "\n")
-    top_k = top_k if top_k and top_k > 0 else None
-    tokenizer.encode(prompt)  # an unknown character fails here, before any output
-    yield prompt
-    yield from stream_text(model, tokenizer, prompt, max_new_tokens, temperature, top_k, top_p, seed)

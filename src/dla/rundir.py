@@ -89,8 +89,8 @@ class RunDir:
 
     def check_config_complete(self) -> None:
         """A config.yaml cut short (a prefix of YAML is still YAML) would load with defaults for what
-        is missing: refuse it. Runs end theirs with `CONFIG_END`; older runs, written before it, must
-        hold every core section and end with a newline."""
+        is missing: refuse it. Runs end theirs with `CONFIG_END`; older runs, written before it (they
+        declare no `kind:`), must hold every core section and end with a newline."""
         try:
             text = self.config.read_bytes().decode("utf-8", errors="replace")
         except OSError:
@@ -102,9 +102,12 @@ class RunDir:
                 return  # not YAML of sections at all: reading the config names the problem, with its line
         except yaml.YAMLError:
             return
-        missing = [s for s in LEGACY_SECTIONS if not any(line.startswith(f"{s}:") for line in text.splitlines())]
-        if missing or not text.endswith("\n"):
-            lacks = f"no {', '.join(missing)} section" if missing else "its last line is cut"
+        lines = text.splitlines()
+        missing = [s for s in LEGACY_SECTIONS if not any(line.startswith(f"{s}:") for line in lines)]
+        declared = any(line.startswith("kind:") for line in lines)  # written since configs end with the mark
+        if missing or declared or not text.endswith("\n"):
+            lacks = (f"no {', '.join(missing)} section" if missing else "no end mark" if declared
+                     else "its last line is cut")
             raise DlaError(f"{self.config}: incomplete run config ({lacks}): damaged or cut short; "
                            f"this run cannot be used")
 

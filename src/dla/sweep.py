@@ -28,6 +28,7 @@ import yaml
 
 from dla.config import find_experiment, load_experiment, load_run_config, read_yaml
 from dla.errors import ConfigError
+from dla.kinds import IMAGE_CLASSIFIER, KINDS, get_kind
 from dla.report.plots import plot_overlaid, plot_xy
 from dla.report.tables import markdown_table
 from dla.rundir import RunDir
@@ -125,31 +126,6 @@ def run_sweep(name: str, overrides: list[str], data_root: Path) -> Path:
     return sweep_dir
 
 
-SWEEP_COLUMNS = (
-    ("Net", "name", "str"),
-    ("Accuracy", "test_acc", "pct"),
-    ("Loss", "test_loss", "float"),
-    ("params", "params", "int"),
-    ("best epoch", "best_epoch", "str"),
-    ("epochs run", "epochs_run", "str"),
-    ("time (s)", "train_time_s", "time"),
-    ("data", "data", "str"),
-)
-
-
-LM_SWEEP_COLUMNS = (
-    ("Net", "name", "str"),
-    ("test loss (nats/token)", "test_loss", "float"),
-    ("last-position loss", "test_last_pos_loss", "float"),
-    ("test bits/char", "test_bpc", "float"),
-    ("best val loss", "best_val_loss", "float"),
-    ("params", "params", "int"),
-    ("steps to best", "best_step", "str"),
-    ("steps run", "steps", "str"),
-    ("time (s)", "wall_time_s", "time"),
-)
-
-
 def write_sweep_report(sweep_dir: Path, spec: SweepSpec) -> None:
     rows, histories, points = [], {}, []
     for combo in spec.combos():
@@ -166,8 +142,9 @@ def write_sweep_report(sweep_dir: Path, spec: SweepSpec) -> None:
                 _text(value), spec.label(spec.plot["series"], value)
             )
             points.append((combo[spec.plot["x"]], label, summary))
-    lm = bool(rows) and all(r.get("unit") == "round" for r in rows)
-    table = markdown_table(rows, LM_SWEEP_COLUMNS if lm else SWEEP_COLUMNS)
+    kinds = {r.get("kind") for r in rows}
+    kind = get_kind(kinds.pop() if len(kinds) == 1 and kinds <= set(KINDS) else IMAGE_CLASSIFIER)
+    table = markdown_table(rows, kind.sweep_columns)
     (sweep_dir / "table.md").write_text(table)
     print(f"\n{sweep_dir}\n{table}", end="")
     if histories:

@@ -17,7 +17,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from dla.config import load_run_config, require_run_kind
+from dla.config import load_run_config
+from dla.kinds import require_command
 from dla.errors import DlaError
 from dla.io import atomic_dir
 from dla.rundir import RunDir
@@ -82,13 +83,13 @@ def run_attack(run: RunDir, method: str, epsilons: Sequence[float] | None, steps
     from dla.build import input_shape
     from dla.data.batches import to_unit_float
     from dla.data.ood import sample
-    from dla.experiment import class_names, load_data, load_run_model
+    from dla.build import class_names, load_data, load_run_model
     from dla.report.plots import plot_xy
     from dla.report.tables import markdown_table
 
     check_attack_args(method, epsilons, steps, n, target, c)
     cs = c_values(c)
-    require_run_kind(load_run_config(run), "image-classifier", "dla attack", run.path)
+    require_command(load_run_config(run), "dla attack", run.path)
     model, cfg = load_run_model(run)
     epsilons = default_epsilons(method, input_shape(cfg)[0]) if epsilons is None else list(epsilons)
     steps = DEFAULT_STEPS.get(method, 10) if steps is None else steps

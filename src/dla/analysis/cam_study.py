@@ -30,10 +30,11 @@ GREY_28 = (1, 28, 28)
 
 def _open(run: RunDir):
     from dla.build import class_names, input_shape, load_run_model
-    from dla.config import load_run_config, require_run_kind
+    from dla.config import load_run_config
+    from dla.kinds import require_command
 
     cfg = load_run_config(run)
-    require_run_kind(cfg, "image-classifier", "dla cam", run.path)
+    require_command(cfg, "dla cam", run.path)
     if cfg.model.name != "cnn":
         raise DlaError(f"dla cam needs a CNN run (model.name=cnn); {run.path} is model.name={cfg.model.name}")
     model, cfg = load_run_model(run)

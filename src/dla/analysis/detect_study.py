@@ -44,10 +44,11 @@ def check_detect_args(threshold: float, step: int, sizes: Sequence[int], nms_iou
 
 def _open(run: RunDir, step: int):
     from dla.build import class_names, input_shape, load_run_model
-    from dla.config import load_run_config, require_run_kind
+    from dla.config import load_run_config
+    from dla.kinds import require_command
     from dla.models.fcn import to_fcn
 
-    require_run_kind(load_run_config(run), "image-classifier", "dla detect", run.path)
+    require_command(load_run_config(run), "dla detect", run.path)
     model, cfg = load_run_model(run)
     shape = input_shape(cfg)
     if cfg.data.canvas:

@@ -15,11 +15,10 @@ from typing import Any
 import torch
 
 from dla.analysis import ood
-from dla.analysis.ood_study import check_set_names, expand_groups, grouped_set_images
-from dla.config import IMAGE_CLASSIFIER, run_kind
 from dla.data.batches import to_unit_float
-from dla.data.ood import sample, user_set_label
+from dla.data.ood import check_set_names, expand_groups, grouped_set_images, sample, user_set_label
 from dla.errors import ConfigError, DlaError
+from dla.kinds import IMAGE_CLASSIFIER
 from dla.train.callbacks import Callback
 
 TRACKED = {"msp": ood.msp, "energy": ood.energy}
@@ -29,8 +28,8 @@ def check_ood_tracking(cfg) -> None:
     """Before any work: tracking needs an image classifier and OOD sets valid for its data."""
     if not cfg.train.ood_every:
         return
-    if run_kind(cfg) != IMAGE_CLASSIFIER:
-        raise ConfigError(f"train.ood_every: OOD tracking is for image classifiers, not a {run_kind(cfg)} run")
+    if cfg.kind != IMAGE_CLASSIFIER:
+        raise ConfigError(f"train.ood_every: OOD tracking is for image classifiers, not a {cfg.kind} run")
     try:
         check_set_names(cfg, list(cfg.train.ood_sets), option="train.ood_sets")
     except DlaError as exc:

@@ -19,8 +19,8 @@ import torch.nn.functional as F
 
 from dla.data.batches import to_unit_float
 from dla.data.imagefile import IMAGE_SUFFIXES, read_image
-from dla.data.vision import DAMAGED, SPECS, ImageSet, damaged, load_arrays
-from dla.errors import DataError
+from dla.data.vision import DAMAGED, SPECS, ImageSet, damaged, drop_classes, get_spec, load_arrays
+from dla.errors import DataError, DlaError
 
 SYNTHETIC = ("noise-uniform", "noise-gaussian", "fakedata")  # fakedata: torchvision's FakeData, the original's set
 ONLINE_ONLY = ("svhn", "cifar100")  # test splits through torchvision; no offline copy exists here
@@ -157,3 +157,75 @@ def user_images(name: str, shape: tuple[int, int, int], n: int, seed: int = 0) -
     if n < len(x):
         x = x[torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[:n]]
     return to_shape(x, shape)
+
+
+# OpenOOD's split: near OOD shares the training images' look (held-out classes of the same data, CIFAR-100 for
+# CIFAR-10), far OOD does not (another data set, noise). Sets marked online-only are skipped when offline.
+GROUPS = {
+    "cifar10": {"near": ("heldout", "cifar100"), "far": ("mnist", "noise-uniform", "noise-gaussian", "svhn")},
+    "fashion-mnist": {"near": ("heldout",), "far": ("mnist", "noise-uniform", "noise-gaussian")},
+    "mnist": {"near": ("heldout",), "far": ("fashion-mnist", "noise-uniform", "noise-gaussian")},
+}
+
+
+def expand_groups(cfg, entries: list[str]) -> list[tuple[str, str | None]]:
+    """--ood entries with `near` and `far` replaced by their sets for the run's data: (set, group) pairs.
+    `heldout` joins `near` only for a run trained on a subset of classes."""
+    out: list[tuple[str, str | None]] = []
+    for entry in entries:
+        if entry not in ("near", "far"):
+            out.append((entry, None))
+            continue
+        groups = GROUPS.get(cfg.data.name)
+        if groups is None:
+            raise DlaError(f"--ood {entry}: no near/far split for {cfg.data.name}; name the sets instead")
+        sets = [s for s in groups[entry] if s != "heldout" or cfg.data.classes]
+        offline = [s for s in sets if s not in ONLINE_ONLY]
+        if not sets or (not offline and not cfg.data.download):
+            raise DlaError(f"--ood {entry}: for {cfg.data.name}, offline near OOD is the held-out classes of a run "
+                           f"trained with data.classes=[...] (e.g. [0,1,2,3,4,5])")
+        out.extend((s, entry) for s in sets)
+    return out
+
+
+HELDOUT_NEEDS_CLASSES = "heldout needs a run trained with data.classes=[...] (e.g. [0,1,2,3,4,5])"
+
+
+def check_set_names(cfg, ood_sets: list[str], option: str = "--ood") -> None:
+    """Every OOD set name (or group, or user folder / .npz) valid for this run's config."""
+    if "heldout" in ood_sets and not cfg.data.classes:
+        raise DlaError(f"{option} {HELDOUT_NEEDS_CLASSES}")
+    valid = ", ".join((*OOD_SETS, "heldout", "near", "far"))
+    if not ood_sets:
+        raise DlaError(f"{option}: give at least one OOD set; valid: {valid}")
+    unknown = [s for s in ood_sets if s not in (*OOD_SETS, "heldout", "near", "far") and not is_user_set(s)]
+    if unknown:
+        raise DlaError(f"{option}: unknown OOD set {unknown[0]!r}; valid: {valid}, or a folder of images or an .npz file")
+    expand_groups(cfg, ood_sets)
+    for s in ood_sets:
+        if is_user_set(s):
+            check_user_set(s)
+
+
+def ood_set_images(name: str, cfg, data_root: Path, n: int, seed: int) -> torch.Tensor:
+    """OOD images for a run: a named set adapted to the run's input shape, or its held-out classes."""
+    if name == "heldout":
+        if not cfg.data.classes:
+            raise DlaError(f"--ood {HELDOUT_NEEDS_CLASSES}")
+        _, test, _ = load_arrays(cfg.data.name, data_root, cfg.data.download)
+        return to_unit_float(sample(drop_classes(test, cfg.data.classes), n, seed).x)
+    if is_user_set(name):
+        return user_images(name, get_spec(cfg.data.name).shape, n, seed)
+    return ood_images(name, get_spec(cfg.data.name).shape, data_root, n, seed, cfg.data.download)
+
+
+def grouped_set_images(name: str, group: str | None, cfg, data_root: Path, n: int, seed: int) -> torch.Tensor | None:
+    """`ood_set_images`, except that an online-only set that came from a group (near, far) and cannot be
+    fetched is skipped with a line (None); named on its own, it fails as usual."""
+    try:
+        return ood_set_images(name, cfg, data_root, n, seed)
+    except DlaError as exc:
+        if group is None or name not in ONLINE_ONLY:
+            raise
+        print(f"{name}: skipped from the {group} group ({str(exc).split(';')[0]})", flush=True)
+        return None

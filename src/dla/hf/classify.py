@@ -12,7 +12,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from dla.rundir import RunDir
 
 
 def metrics(labels: np.ndarray, logits: np.ndarray) -> dict[str, float]:
@@ -57,18 +56,3 @@ def save_pretrained(model: Any, tokenizer: Any, folder: Path) -> None:
         folder.rename(old)
     tmp.rename(folder)
     shutil.rmtree(old, ignore_errors=True)
-
-
-def predict_texts(run: RunDir, texts: list[str], top_k: int = 3) -> list[list[tuple[str, float]]]:
-    """For each text, the `top_k` topics of a fine-tuned run with their probabilities."""
-    from dla.build import class_names, load_run_model
-    from dla.hf.hub import pretrained_tokenizer
-
-    model, cfg = load_run_model(run)
-    tokenizer = pretrained_tokenizer(str(run.hf_model) if run.hf_model.is_dir() else cfg.model.pretrained)
-    classes = class_names(cfg)
-    enc = tokenizer(texts, truncation=True, max_length=cfg.data.max_length or 512, padding=True, return_tensors="pt")
-    with torch.inference_mode():
-        probs = model(**enc).logits.float().softmax(1)
-    top = probs.topk(min(top_k, len(classes)), dim=1)
-    return [[(classes[i], float(p)) for p, i in zip(vals, idx)] for vals, idx in zip(top.values.tolist(), top.indices.tolist())]

@@ -22,7 +22,7 @@ def cmd_tokenize(args: argparse.Namespace) -> int:
 
 def cmd_generate(args: argparse.Namespace) -> int:
     if args.run:  # a Lab 2.1 run: the same stream as `dla generate RUN`
-        from dla.generate_run import generate_from_run
+        from dla.build import generate_from_run
 
         return args.write_stream(generate_from_run(args.run, args.prompt, args.max_new_tokens or args.max_length,
                                                    args.temperature, args.top_k, args.top_p, args.seed))
@@ -52,11 +52,12 @@ def _offline_hint(cfg, exc: DlaError) -> DlaError:
 
 
 def _text_classifier_config(args: argparse.Namespace):
-    from dla.config import TEXT_CLASSIFIER, load_experiment, run_kind
+    from dla.config import load_experiment
+    from dla.kinds import TEXT_CLASSIFIER
 
     cfg = load_experiment(args.experiment, args.overrides)
-    if run_kind(cfg) != TEXT_CLASSIFIER:
-        raise DlaError(f"{args.experiment} trains a {run_kind(cfg)}, not a text classifier; run it with dla train")
+    if cfg.kind != TEXT_CLASSIFIER:
+        raise DlaError(f"{args.experiment} trains a {cfg.kind}, not a text classifier; run it with dla train")
     return cfg
 
 
@@ -86,22 +87,6 @@ def cmd_features(args: argparse.Namespace) -> int:
         features_baseline(cfg, args.data_root_path(args))
     except DlaError as exc:
         raise _offline_hint(cfg, exc) from None
-    return 0
-
-
-def predict_command(args: argparse.Namespace) -> int:
-    """`dla predict RUN TEXT...` for a fine-tuned text run: the top topics of each text."""
-    from dla.hf.classify import predict_texts
-    from dla.hf.hub import quiet_transformers
-    from dla.rundir import RunDir
-
-    quiet_transformers()
-    for text, ranked in zip(args.images, predict_texts(RunDir.open(args.run), list(args.images), args.top_k)):
-        if args.json:
-            print(json.dumps({"text": text, "top": [{"class": k, "prob": p} for k, p in ranked]}))
-        else:
-            short = text if len(text) <= 60 else text[:57] + "..."
-            print(f"{short}: " + "  ".join(f"{k} {p:.3f}" for k, p in ranked))
     return 0
 
 

@@ -12,9 +12,10 @@ import numpy as np
 import torch
 
 from dla.build import class_names, load_data
-from dla.config import TEXT_CLASSIFIER, ExperimentConfig, run_kind, to_dict
+from dla.config import ExperimentConfig, to_dict
 from dla.device import make_accelerator
 from dla.errors import ConfigError
+from dla.kinds import TEXT_CLASSIFIER
 from dla.hf.batching import Encoded, run_encoder
 from dla.hf.classify import metrics, plot_confusion
 from dla.hf.hub import load_pretrained
@@ -68,7 +69,7 @@ def features_baseline(cfg: ExperimentConfig, data_root: Path | None = None, quie
     import transformers
     from sklearn.metrics import confusion_matrix
 
-    if run_kind(cfg) != TEXT_CLASSIFIER:
+    if cfg.kind != TEXT_CLASSIFIER:
         raise ConfigError(f"{cfg.name} is not a text-classification experiment (data.name=ag_news or "
                           f"yahoo_answers_topics); the frozen-feature baseline needs one")
     say = (lambda *a: None) if quiet else print

@@ -28,9 +28,9 @@ from typing import Any
 
 import yaml
 
-from dla.config import IMAGE_CLASSIFIER as IMAGE, LANGUAGE_MODEL as LM, TEXT_CLASSIFIER as TEXT
-from dla.config import load_run_config, run_kind as config_run_kind
+import dla.kinds.builtin  # noqa: F401  registers the built-in run kinds
 from dla.errors import DlaError
+from dla.kinds import KINDS, RunKind, legacy_kind
 from dla.io import atomic_dir, unique_name
 from dla.report.html import CSS, JS, esc, fmt, markdown, markdown_rows, page, sort_key, table
 from dla.report.tables import markdown_table, run_columns
@@ -42,38 +42,13 @@ FOLDER_TITLES = {"plots": "Plots", "ood": "Out-of-distribution detection", "atta
                  "cam": "Class activation maps and detection"}
 PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
            "#bcbd22", "#17becf")
-KIND_TITLES = {IMAGE: "image classifier", LM: "language model", TEXT: "text classifier"}
-
-# (header, summary key, format, higher is better) per run kind; the first is the headline
-COLUMNS = {
-    IMAGE: (("test acc (%)", "test_acc", "pct", True), ("test loss", "test_loss", "float", False),
-              ("best epoch", "best_epoch", "int", None), ("epochs", "epochs_run", "int", None),
-              ("params", "params", "int", None), ("train time (s)", "train_time_s", "time", None)),
-    LM: (("test loss (nats/token)", "test_loss", "float", False), ("test bits/char", "test_bpc", "float", False),
-           ("best val loss", "best_val_loss", "float", False), ("best step", "best_step", "int", None),
-           ("params", "params", "int", None), ("time (s)", "wall_time_s", "time", None)),
-    TEXT: (("test acc (%)", "test_acc", "pct", True), ("test macro-F1", "test_f1", "float", True),
-             ("test loss", "test_loss", "float", False), ("best epoch", "best_epoch", "int", None),
-             ("params", "params", "int", None), ("train time (s)", "train_time_s", "time", None)),
-}
-FALLBACK = {IMAGE: ("best val acc (%)", "best_val_acc", "pct", True),  # an unfinished run has no test metric
-            LM: ("best val loss", "best_val_loss", "float", False),
-            TEXT: ("best val acc (%)", "best_val_acc", "pct", True)}
 
 
-def run_kind(run: RunDir, config: dict[str, Any], summary: dict[str, Any]) -> str:
-    """`dla.config.run_kind` of the run's config; a config this version cannot load (an older dialect)
-    is told apart by its data set and summary instead."""
-    try:
-        return config_run_kind(load_run_config(run))
-    except (DlaError, OSError):
-        pass
-    data = (config.get("data") or {}).get("name")
-    if config.get("kind") == "hf-text-classifier" or data in ("ag_news", "yahoo_answers_topics"):
-        return TEXT
-    if summary.get("unit") == "round" or data == "inferno":
-        return LM
-    return IMAGE
+def run_kind(config: dict[str, Any], summary: dict[str, Any]) -> RunKind:
+    """The registered kind a run's config declares (`kind:`); a config without one, or naming a kind this
+    version does not know, is told apart by its data set and summary (`dla.kinds.legacy_kind`)."""
+    declared = config.get("kind")
+    return KINDS[declared if declared in KINDS else legacy_kind(config, summary)]
 
 
 def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -106,7 +81,7 @@ class Run:
     summary: dict[str, Any]
     history: list[dict[str, Any]]
     torn: bool
-    kind: str
+    kind: RunKind
     slug: str = ""
     name: str = ""  # its name within its study
 
@@ -132,9 +107,9 @@ class Study:
         return self.sweep["sweep"] if self.sweep else self.folder.name
 
     @property
-    def kind(self) -> str:
-        kinds = [r.kind for r in self.runs]
-        return max(set(kinds), key=kinds.count)
+    def kind(self) -> RunKind:
+        names = [r.kind.name for r in self.runs]
+        return KINDS[max(set(names), key=names.count)]
 
 
 @dataclass
@@ -154,7 +129,7 @@ def load_run(run: RunDir) -> Run:
         raise DlaError(f"{run.summary}: not valid JSON; the file is damaged") from None
     history = run.read_metrics()
     config = config if isinstance(config, dict) else {}
-    return Run(run, config, summary, history, run.torn_metrics(), run_kind(run, config, summary))
+    return Run(run, config, summary, history, run.torn_metrics(), run_kind(config, summary))
 
 
 def group_studies(runs: list[Run]) -> list[Study]:
@@ -187,8 +162,8 @@ def _slug(text: str) -> str:
 
 def headline(run: Run) -> tuple[str, str, str, bool]:
     """(header, key, format, higher is better) of the run's headline metric: the test metric, else the best val."""
-    first = COLUMNS[run.kind][0]
-    return first if run.value(first[1]) is not None else FALLBACK[run.kind]
+    first = run.kind.report_columns[0]
+    return first if run.value(first.key) is not None or run.kind.fallback is None else run.kind.fallback
 
 
 def best_run(study: Study) -> Run | None:
@@ -251,7 +226,7 @@ def index_page(studies: list[Study], paths: list[str | Path]) -> str:
             (f'<a href="study/{study.slug}.html">{esc(study.title)}</a>'
              + (f' <span class="muted" title="{esc(where)}">({esc(_short(where, 40))})</span>' if where else ""),
              study.title),
-            (esc("sweep of " + KIND_TITLES[study.kind] + "s" if study.sweep else KIND_TITLES[study.kind]), study.kind),
+            (esc("sweep of " + study.kind.title + "s" if study.sweep else study.kind.title), study.kind.name),
             (str(len(study.runs)), str(len(study.runs))),
             (f'<a href="run/{best.slug}.html">{esc(best.name)}</a>' if best else "–", best.name if best else ""),
             (f"{esc(head[0])} <b>{fmt(best.value(head[1]), head[2])}</b>" if best else "–",
@@ -259,7 +234,7 @@ def index_page(studies: list[Study], paths: list[str | Path]) -> str:
             (esc(data), data),
             (f'<div class="badges">{badges}</div>', ""),
         ])
-    body = (f"<h1>Runs</h1><p class=lead>{n_runs} runs in {len(studies)} studies, from "
+    body = (f"<h1>Runs</h1><p class=lead>{_count(n_runs, 'run')} in {_count(len(studies), 'study', 'studies')}, from "
             f"{esc(', '.join(map(str, paths)))}; written {time.strftime('%Y-%m-%d %H:%M')}. "
             "Click a study for its table, curves and figures; click a column to sort.</p>"
             + '<div class="scroll">'
@@ -281,7 +256,7 @@ def study_page(study: Study, root: Path) -> str:
     configs = [r.config for r in study.runs]
     diff = differing_keys(configs) if len(configs) > 1 else []
     best = best_run(study)
-    columns = COLUMNS[study.kind]
+    columns = study.kind.report_columns
     head = ["run", "status", *(c[0] for c in columns), *(f"<code>{esc(k)}</code>" for k in diff)]
     rows = []
     for run in study.runs:
@@ -345,7 +320,7 @@ def study_lead(study: Study) -> str:
     folder = f'<span class="muted">in <code>{esc(study.folder)}</code></span>'
     if not study.sweep:
         n = len(study.runs)
-        return f'<p class="lead">{n} {esc(KIND_TITLES[study.kind])} run{"s" if n > 1 else ""} {folder}</p>'
+        return f'<p class="lead">{n} {esc(study.kind.title)} run{"s" if n > 1 else ""} {folder}</p>'
     grid = ", ".join(f"<code>{esc(k)}</code> ∈ {{{esc(', '.join(fmt(x, 'str') for x in v))}}}"
                      for k, v in (study.sweep.get("grid") or {}).items())
     command = shlex.join(["dla", "sweep", str(study.sweep["sweep"]), *map(str, study.sweep.get("overrides") or [])])
@@ -366,12 +341,12 @@ def shared_config(configs: list[dict[str, Any]], diff: list[str]) -> str:
 
 def run_page(run: Run, study: Study, root: Path) -> str:
     parts = [f"<h1>{esc(run.dir.label)}</h1>",
-             f'<p class="lead">{esc(KIND_TITLES[run.kind])} · status <b>{esc(run.status)}</b> · '
+             f'<p class="lead">{esc(run.kind.title)} · status <b>{esc(run.status)}</b> · '
              f"<code>{esc(run.dir.path)}</code></p>"]
     if run.torn:
         parts.append(f'<p class="note"><b>Torn metrics:</b> the last line of <code>{esc(run.dir.metrics)}</code> is not '
                      "valid JSON (the run stopped mid-write); the curves show the lines before it.</p>")
-    cards = [(h, fmt(run.value(k), f)) for h, k, f, _ in COLUMNS[run.kind] if run.value(k) is not None]
+    cards = [(h, fmt(run.value(k), f)) for h, k, f, _ in run.kind.report_columns if run.value(k) is not None]
     if cards:
         parts.append('<div class="cards">' + "".join(
             f'<div class="card"><div class="k">{esc(h)}</div><div class="headline">{v}</div></div>' for h, v in cards)
@@ -484,7 +459,7 @@ def _plot_html(fig: Any, div_id: str) -> str:
 
 
 def _x_key(run: Run) -> str:
-    return "step" if run.kind == LM else "epoch"
+    return "step" if run.kind.unit == "round" else "epoch"
 
 
 def curves_div(runs: list[Run], div_id: str) -> str:
@@ -587,3 +562,7 @@ def attack_curves(runs: list[Run]) -> str:
 
 def _short(text: str, n: int) -> str:
     return text if len(text) <= n else text[: n - 1] + "…"
+
+
+def _count(n: int, one: str, many: str | None = None) -> str:
+    return f"{n} {one if n == 1 else many or one + 's'}"

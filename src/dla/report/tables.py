@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from dla.config import LANGUAGE_MODEL
+from dla.kinds import IMAGE_CLASSIFIER, KINDS
 
 
 def format_cell(value: Any, kind: str, missing: str = "-") -> str:
@@ -30,41 +30,21 @@ def format_cell(value: Any, kind: str, missing: str = "-") -> str:
     return str(value)
 
 
-RUN_COLUMNS = (
-    ("run", "name", "str"),
-    ("data", "data", "str"),
-    ("params", "params", "int"),
-    ("best epoch", "best_epoch", "str"),
-    ("test acc (%)", "test_acc", "pct"),
-    ("test loss", "test_loss", "float"),
-    ("time (s)", "train_time_s", "time"),
-)
-
-
-LM_RUN_COLUMNS = (
-    ("run", "name", "str"),
-    ("data", "data", "str"),
-    ("params", "params", "int"),
-    ("best step", "best_step", "str"),
-    ("best val loss", "best_val_loss", "float"),
-    ("test loss (nats/token)", "test_loss", "float"),
-    ("test bits/char", "test_bpc", "float"),
-    ("time (s)", "train_time_s", "time"),
-)
-
-
 def run_columns(rows: Sequence[dict[str, Any]]) -> tuple[tuple[str, str, str], ...]:
-    """Classifier columns, language-model columns, or both when a report mixes them."""
-    lm = [r.get("kind") == LANGUAGE_MODEL for r in rows]  # summary.json's kind is config.run_kind
-    if all(lm) and rows:
-        return LM_RUN_COLUMNS
-    if any(lm):
-        return RUN_COLUMNS[:-1] + LM_RUN_COLUMNS[5:]
-    return RUN_COLUMNS
+    """The table columns of the rows' run kind (summary.json's `kind`, registered by `dla.kinds.builtin` or
+    its own module); for a mix of kinds, every kind's columns once (by summary key), the time last."""
+    kinds = list(dict.fromkeys(r.get("kind") if r.get("kind") in KINDS else IMAGE_CLASSIFIER for r in rows)) or [IMAGE_CLASSIFIER]
+    columns: dict[str, tuple[str, str, str]] = {}
+    for kind in kinds:
+        for column in KINDS[kind].table_columns:
+            columns.setdefault(column[1], column)
+    timed = [c for c in columns.values() if c[2] == "time"]
+    return tuple(c for c in columns.values() if c[2] != "time") + tuple(timed[:1])
 
 
-def markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[tuple[str, str, str]] = RUN_COLUMNS) -> str:
+def markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[tuple[str, str, str]] | None = None) -> str:
     """Rows of dicts as a Markdown table; `columns` is (header, key, format) with format str/int/float/sci/pct/time."""
+    columns = run_columns(rows) if columns is None else columns
     head = "| " + " | ".join(h for h, _, _ in columns) + " |"
     rule = "|" + "|".join("---" if k == "str" else "---:" for _, _, k in columns) + "|"
     body = ["| " + " | ".join(format_cell(r.get(key), kind) for _, key, kind in columns) + " |" for r in rows]

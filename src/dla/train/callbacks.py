@@ -28,9 +28,9 @@ class Callback:
 class EarlyStopping:
     """Stop after `patience` epochs without an improvement of at least `min_delta` in `monitor`."""
 
-    def __init__(self, monitor: str, patience: int | None, min_delta: float = 0.0):
+    def __init__(self, monitor: str, patience: int | None, min_delta: float = 0.0, mode: str = "auto"):
         self.monitor = monitor
-        self.mode = "min" if monitor.endswith("loss") else "max"
+        self.mode = mode if mode != "auto" else "min" if monitor.endswith("loss") else "max"
         self.patience = patience
         self.min_delta = min_delta
         self.best: float | None = None

@@ -113,7 +113,7 @@ def fit(
             if main and run is not None:
                 if record["best"]:
                     save_weights(raw_model, run.best_weights, {"epoch": str(epoch), "step": str(state.step)})
-                save_state(training_state(raw_model, optimizer, scheduler, generator, early, state), run.last_state)
+                save_state(training_state(raw_model, optimizer, scheduler, generator, early, state, task), run.last_state)
                 run.append_metrics(record)
                 tracker.log(record, step=state.step if unit == "round" else epoch)
             if main:
@@ -147,11 +147,11 @@ def train_round(
     epoch: int,
     on_step: Callable[[int], Any],
     run: RunDir | None,
-) -> torch.Tensor:
+) -> dict[str, torch.Tensor]:
     """One round of optimiser steps (an epoch, or `eval_every` LM steps); returns the summed step stats."""
     steps = task.round_steps(cfg, state.step)
     model.train()
-    sums: torch.Tensor | None = None  # the task's step stats, summed over the round
+    sums: dict[str, torch.Tensor] = {}  # the task's step stats, summed over the round
     pending: list[torch.Tensor] = []
     quiet = None if accelerator.is_main_process else True  # None: a bar only on a terminal
     desc = f"epoch {epoch}/{cfg.epochs}" if task.unit == "epoch" else f"steps to {state.step + steps}/{cfg.max_steps}"
@@ -166,7 +166,8 @@ def train_round(
         optimizer.step()
         scheduler.step()
         state.step += 1
-        sums = stats.double() if sums is None else sums + stats
+        for key, value in stats.items():
+            sums[key] = sums[key] + value.double() if key in sums else value.double()
         pending.append(loss.detach())
         if state.step == 1:  # start-up: imports, data, model and (with train.compile) compilation
             first_loss = float(loss.detach())  # waits for the step to finish on an accelerator
@@ -180,14 +181,18 @@ def train_round(
             bar.set_postfix(loss=f"{float(pending[-1]):.4f}")
             pending = []
     bar.close()
-    if accelerator.num_processes > 1:
-        sums = accelerator.reduce(sums, reduction="sum")
+    if accelerator.num_processes > 1 and sums:
+        keys = sorted(sums)
+        total = accelerator.reduce(torch.stack([sums[k] for k in keys]), reduction="sum")
+        sums = dict(zip(keys, total))
     return sums
 
 
-def training_state(raw_model, optimizer, scheduler, generator, early: EarlyStopping, state: FitState) -> dict[str, Any]:
-    """What `last.pt` holds: enough to continue exactly where this epoch ended."""
+def training_state(raw_model, optimizer, scheduler, generator, early: EarlyStopping, state: FitState,
+                   task: Task | None = None) -> dict[str, Any]:
+    """What `last.pt` holds: enough to continue exactly where this epoch ended (the task's own state too)."""
     return {
+        "task": task.state_dict() if task is not None else {},
         "model": raw_model.state_dict(),
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),

@@ -54,9 +54,11 @@ def evaluate(
 
 
 class Task:
-    """The interface the loop uses. `stats` from `step` are summed over a round: [loss * n, correct, n, ...] (a task may append more)."""
+    """The interface the loop uses. `step` returns the loss and a dict of statistics (tensors) that the loop
+    sums over a round and across processes, and hands to `train_metrics` (e.g. {"loss": loss * n, "n": n})."""
 
     unit = "epoch"  # what a round is called in progress bars and messages
+    metrics: tuple[str, ...] = ("loss", "acc")  # what `evaluate` returns: train.monitor is one of val_<these>
 
     def total_steps(self, cfg: TrainConfig) -> int:
         raise NotImplementedError
@@ -70,11 +72,20 @@ class Task:
     def batches(self, cfg: TrainConfig, generator: torch.Generator, accelerator: Accelerator, steps: int) -> Iterator[Any]:
         raise NotImplementedError
 
-    def step(self, model: nn.Module, batch: Any, cfg: TrainConfig, unwrapped: nn.Module, generator) -> tuple[torch.Tensor, torch.Tensor]:
+    def step(self, model: nn.Module, batch: Any, cfg: TrainConfig, unwrapped: nn.Module,
+             generator) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         raise NotImplementedError
 
-    def train_metrics(self, sums: torch.Tensor, model: nn.Module, accelerator: Accelerator, cfg: TrainConfig) -> dict[str, float]:
-        return {"loss": float(sums[0] / sums[2]), "acc": float(sums[1] / sums[2])}
+    def train_metrics(self, sums: dict[str, torch.Tensor], model: nn.Module, accelerator: Accelerator,
+                      cfg: TrainConfig) -> dict[str, float]:
+        return {"loss": float(sums["loss"] / sums["n"]), "acc": float(sums["correct"] / sums["n"])}
+
+    def state_dict(self) -> dict[str, Any]:
+        """The task's own state for the resumable checkpoint (an environment's RNG, a replay buffer); none here."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what `state_dict` returned."""
 
     def evaluate(self, model: nn.Module, split: str, accelerator: Accelerator, cfg: TrainConfig) -> dict[str, float]:
         raise NotImplementedError
@@ -121,9 +132,8 @@ class ImageTask(Task):
         logits = logits.detach().float()
         # Report plain cross-entropy, comparable with validation, even when training with smoothing.
         reported = F.cross_entropy(logits, yb) if cfg.label_smoothing else loss.detach()
-        stats = torch.stack([reported * len(yb), (logits.argmax(1) == yb).sum().to(reported.dtype),
-                             torch.tensor(float(len(yb)), device=yb.device)])
-        return loss, stats
+        return loss, {"loss": reported * len(yb), "correct": (logits.argmax(1) == yb).sum().to(reported.dtype),
+                      "n": torch.tensor(float(len(yb)), device=yb.device)}
 
     def evaluate(self, model, split, accelerator, cfg):
         data = {"val": self.data.val, "test": self.data.test, "train": self.data.train}[split]
@@ -138,6 +148,7 @@ class LMTask(Task):
     """
 
     unit = "round"
+    metrics = ("loss", "bpc")
 
     def __init__(self, data: TextData, block_size: int, seed: int):
         self.data, self.block = data, block_size
@@ -167,7 +178,7 @@ class LMTask(Task):
         loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
         detached = loss.detach()
         n = torch.tensor(float(y.numel()), device=y.device)
-        return loss, torch.stack([detached * n, torch.zeros_like(n), n])
+        return loss, {"loss": detached * n, "n": n}
 
     def train_metrics(self, sums, model, accelerator, cfg):
         return self.evaluate(model, "train", accelerator, cfg)
@@ -254,6 +265,7 @@ class TextClassifierTask(Task):
     """
 
     SPLITS = ("train", "val", "test")
+    metrics = ("loss", "acc", "f1")
 
     def __init__(self, inputs, group_by_length: bool = True):
         self.inputs, self.group = inputs, group_by_length
@@ -292,13 +304,12 @@ class TextClassifierTask(Task):
         loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
         logits = logits.detach().float()
         reported = F.cross_entropy(logits, y) if cfg.label_smoothing else loss.detach()
-        stats = torch.stack([reported * len(y), (logits.argmax(1) == y).sum().to(reported.dtype),
-                             torch.tensor(float(len(y)), device=y.device),
-                             enc["attention_mask"].sum().to(reported.dtype)])
-        return loss, stats
+        return loss, {"loss": reported * len(y), "correct": (logits.argmax(1) == y).sum().to(reported.dtype),
+                      "n": torch.tensor(float(len(y)), device=y.device),
+                      "tokens": enc["attention_mask"].sum().to(reported.dtype)}
 
     def train_metrics(self, sums, model, accelerator, cfg):
-        return {"loss": float(sums[0] / sums[2]), "acc": float(sums[1] / sums[2]), "tokens": int(sums[3])}
+        return {**super().train_metrics(sums, model, accelerator, cfg), "tokens": int(sums["tokens"])}
 
     @torch.inference_mode()
     def evaluate(self, model, split, accelerator, cfg):
