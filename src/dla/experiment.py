@@ -147,7 +147,8 @@ def train(
                 summary["resume_with"] = f"dla train --resume {run.path}"
             run.write_summary(summary)
             if state.history:
-                plot_run_curves(state.history, run.plots / "curves.png", title=f"{cfg.name} / {run.name}")
+                plot_run_curves(state.history, run.plots / "curves.png", title=f"{cfg.name} / {run.name}",
+                                x="step" if kind.unit == "round" else "epoch")
                 plot_ood_curves(state.history, run.plots / "ood_curves.png",
                                 title=f"{cfg.name} / {run.name}: OOD detection during training (solid: energy, dashed: MSP)")
     if main:

@@ -53,10 +53,10 @@ def _offline_hint(cfg, exc: DlaError) -> DlaError:
 
 def _text_classifier_config(args: argparse.Namespace):
     from dla.config import load_experiment
-    from dla.kinds import TEXT_CLASSIFIER
+    from dla.kinds import kinds_for
 
     cfg = load_experiment(args.experiment, args.overrides)
-    if cfg.kind != TEXT_CLASSIFIER:
+    if cfg.kind not in kinds_for("dla hf finetune"):
         raise DlaError(f"{args.experiment} trains a {cfg.kind}, not a text classifier; run it with dla train")
     return cfg
 

@@ -15,7 +15,7 @@ from dla.build import class_names, load_data
 from dla.config import ExperimentConfig, to_dict
 from dla.device import make_accelerator
 from dla.errors import ConfigError
-from dla.kinds import TEXT_CLASSIFIER
+from dla.kinds import kinds_for
 from dla.hf.batching import Encoded, run_encoder
 from dla.hf.classify import metrics, plot_confusion
 from dla.hf.hub import load_pretrained
@@ -69,7 +69,7 @@ def features_baseline(cfg: ExperimentConfig, data_root: Path | None = None, quie
     import transformers
     from sklearn.metrics import confusion_matrix
 
-    if cfg.kind != TEXT_CLASSIFIER:
+    if cfg.kind not in kinds_for("dla hf features-baseline"):
         raise ConfigError(f"{cfg.name} is not a text-classification experiment (data.name=ag_news or "
                           f"yahoo_answers_topics); the frozen-feature baseline needs one")
     say = (lambda *a: None) if quiet else print

@@ -16,7 +16,7 @@ class TextClassifier(RunKind):
     title = "text classifier"
     data_config = TopicDataConfig
     models = ("hf-encoder",)
-    commands = frozenset({"dla predict", "dla hf eval", "dla hf features-baseline"})
+    commands = frozenset({"dla predict", "dla hf eval", "dla hf finetune", "dla hf features-baseline"})
     table_columns = (("run", "name", "str"), ("data", "data", "str"), ("params", "params", "int"),
                      ("best epoch", "best_epoch", "str"), ("test acc (%)", "test_acc", "pct"),
                      ("test loss", "test_loss", "float"), ("time (s)", "train_time_s", "time"))

@@ -30,16 +30,20 @@ def x_axis(history: list[dict[str, Any]]) -> str:
     return "epoch" if history and "val_acc" in history[0] else "step"
 
 
-def plot_run_curves(history: list[dict[str, Any]], path: Path, title: str = "") -> Path:
-    """Train and validation loss and accuracy (or bits per char) per epoch or step of one run."""
+def plot_run_curves(history: list[dict[str, Any]], path: Path, title: str = "", x: str | None = None) -> Path:
+    """Train and validation loss and the run's second metric (accuracy, bits per char, ...) per epoch or
+    step (`x`; default: per epoch for a classifier, per step otherwise)."""
     plt = pyplot()
-    second = "acc" if "val_acc" in history[0] else "bpc"
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
-    x = x_axis(history)
+    first = history[0]
+    others = [k[4:] for k in first if k.startswith("val_") and k != "val_loss"]
+    second = next((m for m in ("acc", "bpc") if m in others), others[0] if others else None)
+    fig, axes = plt.subplots(1, 2 if second else 1, figsize=(10 if second else 5, 3.8), squeeze=False)
+    x = x or x_axis(history)
     xs = [r[x] for r in history]
-    for ax, metric in zip(axes, ("loss", second)):
+    for ax, metric in zip(axes[0], ("loss", second)):
         for split, style in (("train", "--"), ("val", "-")):
-            ax.plot(xs, [r[f"{split}_{metric}"] for r in history], style, marker=".", label=split)
+            if f"{split}_{metric}" in first:
+                ax.plot(xs, [r.get(f"{split}_{metric}") for r in history], style, marker=".", label=split)
         ax.set_xlabel(x)
         ax.set_ylabel(metric)
         ax.grid(alpha=0.3)

@@ -467,9 +467,11 @@ def curves_div(runs: list[Run], div_id: str) -> str:
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
-    second = "acc" if any("val_acc" in r for run in runs for r in run.history) else "bpc"
-    panels = [("loss", "loss", 1.0), (second, "accuracy (%)" if second == "acc" else "bits per char",
-                                       100.0 if second == "acc" else 1.0)]
+    metrics = list(dict.fromkeys(k[4:] for run in runs for r in run.history for k in r
+                                 if k.startswith("val_") and k != "val_loss"))
+    second = next((m for m in ("acc", "bpc") if m in metrics), metrics[0] if metrics else "acc")
+    names = {"acc": ("accuracy (%)", 100.0), "bpc": ("bits per char", 1.0)}
+    panels = [("loss", "loss", 1.0), (second, *names.get(second, (second, 1.0)))]
     xs = {_x_key(r) for r in runs}
     x_title = "epoch" if xs == {"epoch"} else "step"
     fig = make_subplots(rows=1, cols=2, subplot_titles=[p[1] for p in panels], horizontal_spacing=0.08)
