@@ -20,7 +20,7 @@ pytest.importorskip("transformers")
 from dla import experiment
 from dla.cli import main
 from dla.config import load_experiment, load_run_config
-from dla.kinds import TEXT_CLASSIFIER
+from dla.kind import TEXT_CLASSIFIER
 from dla.data.topics import (
     clean_ag_news,
     load_ag_news,

@@ -13,7 +13,7 @@ import pytest
 
 from dla.cli import main
 from dla.config import load_experiment, load_run_config
-from dla.kinds import KINDS, get_kind, kind_of
+from dla.kind import KINDS, get_kind, kind_of, registered
 from dla.rundir import RunDir
 
 HERE = Path(__file__).resolve().parent
@@ -64,10 +64,9 @@ def test_a_monitor_the_task_does_not_have_is_refused_before_any_file(toy_kind, c
 
 
 def test_every_built_in_kind_is_complete():
-    import dla.kinds.builtin  # noqa: F401
 
-    assert {"image-classifier", "language-model", "text-classifier"} <= set(KINDS)
-    for kind in KINDS.values():
+    assert {"image-classifier", "language-model", "text-classifier"} <= set(registered())
+    for kind in registered().values():
         assert kind.title and kind.table_columns and kind.sweep_columns and kind.report_columns and kind.fallback
         assert get_kind(kind.name) is kind
     with pytest.raises(Exception, match="kind: 'nope' is not a registered run kind"):

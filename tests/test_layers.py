@@ -20,11 +20,14 @@ FORBIDDEN = {
     "dla.io": ("dla",),
     "dla.attacks": ("dla",),
     "dla.errors": ("dla",),
-    "dla.config": ("dla.train", "dla.data", "dla.experiment", "dla.build", "dla.analysis", "dla.rundir",
-                   "dla.kinds.image", "dla.kinds.language_model", "dla.kinds.text_classifier", "dla.kinds.builtin"),
+    "dla.config": ("dla.train", "dla.data", "dla.experiment", "dla.build", "dla.analysis", "dla.rundir", "dla.kinds"),
+    # the registry: errors alone (the built-in kinds are imported by name on the first look-up)
+    "dla.kind": ("dla.config", "dla.data", "dla.models", "dla.train", "dla.analysis", "dla.kinds", "dla.build",
+                 "dla.experiment", "dla.report", "dla.sweep", "dla.cli", "dla.hf", "dla.rundir", "dla.device"),
     "dla.experiment": ("dla.analysis", "dla.data", "dla.hf"),  # analysis callbacks come from the run kind
     "dla.report": ("dla.config",),  # a report reads run files, never configs as objects
     "dla.kinds": ("dla.cli", "dla.experiment", "dla.sweep", "dla.report", "dla.build"),
+    "dla.build": ("dla.kinds", "dla.analysis", "dla.experiment"),
     "dla": ("dla.cli",),  # nothing imports from the command line (its entry point aside)
 }
 EXEMPT = {"dla.__main__", "dla.cli"}  # the command line itself

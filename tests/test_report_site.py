@@ -13,7 +13,7 @@ from conftest import TINY, tiny_config
 from dla import experiment
 from dla.cli import main
 from dla.errors import DlaError
-from dla.kinds import IMAGE_CLASSIFIER, LANGUAGE_MODEL, TEXT_CLASSIFIER
+from dla.kind import IMAGE_CLASSIFIER, LANGUAGE_MODEL, TEXT_CLASSIFIER
 from dla.report.site import build_site, differing_keys, run_kind
 from dla.rundir import RunDir
 from dla.sweep import run_sweep

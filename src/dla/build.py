@@ -2,7 +2,7 @@
 
 Training (`dla.experiment`) and every later step (`eval`, `predict`, `generate`, `ood`, `attack`,
 CAM) build through here, so a run is always rebuilt exactly as it was trained. What differs between
-kinds of run lives in the kind (`dla.kinds`); this module asks it.
+kinds of run lives in the kind (`dla.kind`); this module asks it.
 """
 
 from __future__ import annotations
@@ -13,13 +13,12 @@ from typing import Any
 
 import torch
 
-import dla.kinds.builtin  # noqa: F401  registers the built-in run kinds
 from dla.config import ExperimentConfig, load_run_config
 from dla.data.text import load_tokenizer
+from dla.data.vision import input_shape
 from dla.errors import CheckpointError, DlaError
 from dla.generate_run import default_prompt, stream_text
-from dla.kinds import kind_of, require_command
-from dla.kinds.image import input_shape
+from dla.kind import kind_of, require_command
 from dla.rundir import RunDir
 from dla.train.checkpoint import load_weights
 

@@ -20,7 +20,7 @@ from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 import yaml
 
 from dla.errors import ConfigError
-from dla.kinds import (
+from dla.kind import (
     DATA_SECTIONS,
     IMAGE_CLASSIFIER,
     LANGUAGE_MODEL,
@@ -108,8 +108,8 @@ class TopicDataConfig:
             raise ConfigError(f"data.length_percentile: must be in [50, 100], got {self.length_percentile}")
 
 
-# The built-in kinds' data sections (dla.kinds.builtin registers the kinds themselves; a new kind
-# registers its own data section with `dla.kinds.register_kind`).
+# The built-in kinds' data sections (the kinds themselves register in dla.kinds; a new kind registers
+# its own data section with `dla.kind.register_kind`).
 DATA_SECTIONS.update({IMAGE_CLASSIFIER: DataConfig, LANGUAGE_MODEL: TextDataConfig, TEXT_CLASSIFIER: TopicDataConfig})
 
 
@@ -216,7 +216,7 @@ class BaselineConfig:
 @dataclass
 class ExperimentConfig:
     name: str = "experiment"
-    kind: str = IMAGE_CLASSIFIER  # the registered run kind (dla.kinds): image-classifier, language-model, ...
+    kind: str = IMAGE_CLASSIFIER  # the registered run kind (dla.kind): image-classifier, language-model, ...
     seed: int = 0
     runs_dir: str = "runs"
     run_name: str | None = None  # default: a timestamp

@@ -28,7 +28,7 @@ import yaml
 
 from dla.config import find_experiment, load_experiment, load_run_config, read_yaml
 from dla.errors import ConfigError
-from dla.kinds import IMAGE_CLASSIFIER, KINDS, get_kind
+from dla.kind import IMAGE_CLASSIFIER, get_kind, registered
 from dla.report.plots import plot_overlaid, plot_xy
 from dla.report.tables import markdown_table
 from dla.rundir import RunDir
@@ -143,7 +143,7 @@ def write_sweep_report(sweep_dir: Path, spec: SweepSpec) -> None:
             )
             points.append((combo[spec.plot["x"]], label, summary))
     kinds = {r.get("kind") for r in rows}
-    kind = get_kind(kinds.pop() if len(kinds) == 1 and kinds <= set(KINDS) else IMAGE_CLASSIFIER)
+    kind = get_kind(kinds.pop() if len(kinds) == 1 and kinds <= set(registered()) else IMAGE_CLASSIFIER)
     table = markdown_table(rows, kind.sweep_columns)
     (sweep_dir / "table.md").write_text(table)
     print(f"\n{sweep_dir}\n{table}", end="")

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from dla.errors import ConfigError
-from dla.kinds import Column, RunKind, register_kind
+from dla.kind import Column, RunKind, register_kind
 from dla.models import MODELS
 from dla.train.tasks import Task
 

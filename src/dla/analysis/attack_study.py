@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from dla.config import load_run_config
-from dla.kinds import require_command
+from dla.kind import require_command
 from dla.errors import DlaError
 from dla.io import atomic_dir
 from dla.rundir import RunDir

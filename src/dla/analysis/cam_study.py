@@ -31,7 +31,7 @@ GREY_28 = (1, 28, 28)
 def _open(run: RunDir):
     from dla.build import class_names, input_shape, load_run_model
     from dla.config import load_run_config
-    from dla.kinds import require_command
+    from dla.kind import require_command
 
     cfg = load_run_config(run)
     require_command(cfg, "dla cam", run.path)

@@ -45,7 +45,7 @@ def check_detect_args(threshold: float, step: int, sizes: Sequence[int], nms_iou
 def _open(run: RunDir, step: int):
     from dla.build import class_names, input_shape, load_run_model
     from dla.config import load_run_config
-    from dla.kinds import require_command
+    from dla.kind import require_command
     from dla.models.fcn import to_fcn
 
     require_command(load_run_config(run), "dla detect", run.path)

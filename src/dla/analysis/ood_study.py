@@ -19,7 +19,7 @@ import torch
 from dla.analysis import ood
 from dla.build import load_data, load_run_model
 from dla.config import load_run_config
-from dla.kinds import require_command
+from dla.kind import require_command
 from dla.data.batches import to_unit_float
 from dla.data.ood import (
     check_set_names,

@@ -456,3 +456,10 @@ def load_image_data(
         train, val, test = splits
         source += f", in {canvas}x{canvas} canvases" if canvas is not None else ", + background class"
     return ImageData(spec, source, train, val, test)
+
+
+def input_shape(cfg) -> tuple[int, int, int]:
+    """The (C, H, W) an image-classifier run was trained on: its data set's, or its canvas's."""
+    c, h, w = get_spec(cfg.data.name).shape
+    canvas = getattr(cfg.data, "canvas", None)
+    return (c, canvas, canvas) if canvas else (c, h, w)

@@ -53,7 +53,7 @@ def _offline_hint(cfg, exc: DlaError) -> DlaError:
 
 def _text_classifier_config(args: argparse.Namespace):
     from dla.config import load_experiment
-    from dla.kinds import kinds_for
+    from dla.kind import kinds_for
 
     cfg = load_experiment(args.experiment, args.overrides)
     if cfg.kind not in kinds_for("dla hf finetune"):

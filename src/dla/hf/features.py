@@ -15,7 +15,7 @@ from dla.build import class_names, load_data
 from dla.config import ExperimentConfig, to_dict
 from dla.device import make_accelerator
 from dla.errors import ConfigError
-from dla.kinds import kinds_for
+from dla.kind import kinds_for
 from dla.hf.batching import Encoded, run_encoder
 from dla.hf.classify import metrics, plot_confusion
 from dla.hf.hub import load_pretrained

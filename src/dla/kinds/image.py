@@ -2,20 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
 
 from dla.config import DataConfig
-from dla.data.vision import get_spec, load_image_data
+from dla.data.vision import get_spec, input_shape, load_image_data
 from dla.errors import ConfigError
-from dla.kinds import IMAGE_CLASSIFIER, Column, RunKind, register_kind
+from dla.kind import IMAGE_CLASSIFIER, Column, RunKind, register_kind
 from dla.models import build_model
-
-
-def input_shape(cfg: Any) -> tuple[int, int, int]:
-    """The (C, H, W) an image-classifier run was trained on: its data set's, or its canvas's."""
-    c, h, w = get_spec(cfg.data.name).shape
-    canvas = getattr(cfg.data, "canvas", None)
-    return (c, canvas, canvas) if canvas else (c, h, w)
 
 
 @register_kind

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dla.config import TextDataConfig
 from dla.data.text import build_text_data, load_corpus, load_tokenizer
 from dla.errors import ConfigError
-from dla.kinds import LANGUAGE_MODEL, Column, RunKind, register_kind
+from dla.kind import LANGUAGE_MODEL, Column, RunKind, register_kind
 from dla.models import MODELS
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from dla.config import TopicDataConfig
 from dla.errors import ConfigError
-from dla.kinds import TEXT_CLASSIFIER, Column, RunKind, register_kind
+from dla.kind import TEXT_CLASSIFIER, Column, RunKind, register_kind
 from dla.models import MODELS
 
 

@@ -28,9 +28,8 @@ from typing import Any
 
 import yaml
 
-import dla.kinds.builtin  # noqa: F401  registers the built-in run kinds
 from dla.errors import DlaError
-from dla.kinds import KINDS, RunKind, legacy_kind
+from dla.kind import RunKind, legacy_kind, registered
 from dla.io import atomic_dir, unique_name
 from dla.report.html import CSS, JS, esc, fmt, markdown, markdown_rows, page, sort_key, table
 from dla.report.tables import markdown_table, run_columns
@@ -46,9 +45,9 @@ PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e
 
 def run_kind(config: dict[str, Any], summary: dict[str, Any]) -> RunKind:
     """The registered kind a run's config declares (`kind:`); a config without one, or naming a kind this
-    version does not know, is told apart by its data set and summary (`dla.kinds.legacy_kind`)."""
-    declared = config.get("kind")
-    return KINDS[declared if declared in KINDS else legacy_kind(config, summary)]
+    version does not know, is told apart by its data set and summary (`dla.kind.legacy_kind`)."""
+    kinds, declared = registered(), config.get("kind")
+    return kinds[declared if declared in kinds else legacy_kind(config, summary)]
 
 
 def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -109,7 +108,7 @@ class Study:
     @property
     def kind(self) -> RunKind:
         names = [r.kind.name for r in self.runs]
-        return KINDS[max(set(names), key=names.count)]
+        return registered()[max(set(names), key=names.count)]
 
 
 @dataclass

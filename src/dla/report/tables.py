@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from dla.kinds import IMAGE_CLASSIFIER, KINDS
+from dla.kind import IMAGE_CLASSIFIER, registered
 
 
 def format_cell(value: Any, kind: str, missing: str = "-") -> str:
@@ -31,12 +31,13 @@ def format_cell(value: Any, kind: str, missing: str = "-") -> str:
 
 
 def run_columns(rows: Sequence[dict[str, Any]]) -> tuple[tuple[str, str, str], ...]:
-    """The table columns of the rows' run kind (summary.json's `kind`, registered by `dla.kinds.builtin` or
-    its own module); for a mix of kinds, every kind's columns once (by summary key), the time last."""
-    kinds = list(dict.fromkeys(r.get("kind") if r.get("kind") in KINDS else IMAGE_CLASSIFIER for r in rows)) or [IMAGE_CLASSIFIER]
+    """The table columns of the rows' run kind (summary.json's `kind`); for a mix of kinds, every kind's
+    columns once (by summary key), the time last."""
+    known = registered()
+    kinds = list(dict.fromkeys(r.get("kind") if r.get("kind") in known else IMAGE_CLASSIFIER for r in rows)) or [IMAGE_CLASSIFIER]
     columns: dict[str, tuple[str, str, str]] = {}
     for kind in kinds:
-        for column in KINDS[kind].table_columns:
+        for column in known[kind].table_columns:
             columns.setdefault(column[1], column)
     timed = [c for c in columns.values() if c[2] == "time"]
     return tuple(c for c in columns.values() if c[2] != "time") + tuple(timed[:1])
