@@ -92,7 +92,7 @@ def trainer_worker(args: argparse.Namespace) -> int:
 
     from dla.build import load_data, model_for
     from dla.config import load_experiment
-    from dla.hf.hub import quiet_transformers
+    from dla.hub import quiet_transformers
 
     cfg = load_experiment(EXPERIMENT, overrides(Path(args.ag_news), args.epochs, args.train_size))
     t, o = cfg.train, cfg.optim

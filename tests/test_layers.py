@@ -12,10 +12,10 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 
 # module prefix -> prefixes it must not import
 FORBIDDEN = {
-    "dla.models": ("dla.data", "dla.train", "dla.cli", "dla.hf.cli", "dla.experiment", "dla.build", "dla.analysis",
+    "dla.models": ("dla.data", "dla.train", "dla.cli", "dla.experiment", "dla.build", "dla.analysis",
                    "dla.rundir", "dla.sweep", "dla.report"),
     "dla.data": ("dla.models", "dla.train", "dla.cli", "dla.experiment", "dla.build", "dla.analysis"),
-    "dla.train": ("dla.analysis", "dla.cli", "dla.hf.cli", "dla.experiment", "dla.sweep", "dla.report"),
+    "dla.train": ("dla.analysis", "dla.cli", "dla.experiment", "dla.sweep", "dla.report", "dla.kinds", "dla.build"),
     "dla.rundir": ("dla.train", "dla.config", "dla.experiment", "dla.build"),
     "dla.io": ("dla",),
     "dla.attacks": ("dla",),
@@ -23,10 +23,11 @@ FORBIDDEN = {
     "dla.config": ("dla.train", "dla.data", "dla.experiment", "dla.build", "dla.analysis", "dla.rundir", "dla.kinds"),
     # the registry: errors alone (the built-in kinds are imported by name on the first look-up)
     "dla.kind": ("dla.config", "dla.data", "dla.models", "dla.train", "dla.analysis", "dla.kinds", "dla.build",
-                 "dla.experiment", "dla.report", "dla.sweep", "dla.cli", "dla.hf", "dla.rundir", "dla.device"),
-    "dla.experiment": ("dla.analysis", "dla.data", "dla.hf"),  # analysis callbacks come from the run kind
-    "dla.report": ("dla.config",),  # a report reads run files, never configs as objects
-    "dla.kinds": ("dla.cli", "dla.experiment", "dla.sweep", "dla.report", "dla.build"),
+                 "dla.experiment", "dla.report", "dla.sweep", "dla.cli", "dla.hub", "dla.rundir", "dla.device"),
+    "dla.experiment": ("dla.analysis", "dla.data"),  # analysis callbacks come from the run kind
+    "dla.report": ("dla.config", "dla.build", "dla.kinds", "dla.train", "dla.analysis"),  # it reads run files
+    "dla.hub": ("dla.config", "dla.data", "dla.models", "dla.train", "dla.build"),  # Hub loading: a leaf
+    "dla.kinds": ("dla.cli", "dla.experiment", "dla.sweep", "dla.report.site", "dla.build"),
     "dla.build": ("dla.kinds", "dla.analysis", "dla.experiment"),
     "dla": ("dla.cli",),  # nothing imports from the command line (its entry point aside)
 }

@@ -17,7 +17,7 @@ from dla.config import ExperimentConfig, load_run_config
 from dla.data.text import load_tokenizer
 from dla.data.vision import input_shape
 from dla.errors import CheckpointError, DlaError
-from dla.generate_run import default_prompt, stream_text
+from dla.generation import default_prompt, stream_text
 from dla.kind import kind_of, require_command
 from dla.rundir import RunDir
 from dla.train.checkpoint import load_weights

@@ -128,7 +128,7 @@ def train(
         status = "stopped early" if early.should_stop else "completed"
         test = task.test(raw_model, accelerator, cfg.train)
         if main:
-            task.finish(raw_model, run, cfg, tracker, state.step)
+            kind.finish(raw_model, run, cfg, task, tracker, state.step)
     except KeyboardInterrupt:
         status = "interrupted"
         raise

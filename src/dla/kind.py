@@ -79,6 +79,9 @@ class RunKind:
     def on_create(self, run: Any, data: Any) -> None:
         """Write what the run needs besides its config when it is created (e.g. a tokenizer)."""
 
+    def finish(self, model: Any, run: Any, cfg: Any, task: Any, tracker: Any, step: int) -> None:
+        """After the test (main process only): write the kind's own outputs into the run (a sample, a model folder)."""
+
     def summary(self, cfg: Any, data: Any) -> dict[str, Any]:
         """What the kind adds to a finished run's summary.json."""
         return {}

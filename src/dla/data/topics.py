@@ -18,7 +18,7 @@ import numpy as np
 
 from dla.config import TopicDataConfig
 from dla.errors import DataError
-from dla.hf.batching import Encoded, encode, token_lengths
+from dla.data.tokens import Encoded, encode, token_lengths
 
 AG_NEWS_CLASSES = ("World", "Sports", "Business", "Sci/Tech")
 AG_NEWS_TEST_MD5 = "d52ea96a97a2d943681189a97654912d"
@@ -168,7 +168,7 @@ def yahoo_texts(columns: dict[str, list[str]], fields: list[str], lowercase: boo
 
 def load_yahoo(cfg: TopicDataConfig) -> TopicData:
     """Yahoo! Answers Topics from the Hub: the `data.fields` of each question, val carved from train."""
-    from dla.hf.hub import offline_var, unavailable
+    from dla.hub import offline_var, unavailable
 
     try:
         from datasets import load_dataset
@@ -243,7 +243,7 @@ def prepare_topics(cfg: TopicDataConfig, pretrained: str, data_root: Path | None
     """The split data, the tokenizer of `pretrained` and `max_length`: `data.max_length`, else the
     `data.length_percentile` of the training texts' token lengths (capped at the model's limit).
     Fills `cfg.max_length` when it was unset, so that the run's config.yaml records the value used."""
-    from dla.hf.hub import pretrained_tokenizer
+    from dla.hub import pretrained_tokenizer
 
     tokenizer = tokenizer if tokenizer is not None else pretrained_tokenizer(pretrained)
     data = load_topic_data(cfg, data_root)

@@ -79,6 +79,15 @@ class LanguageModel(RunKind):
     def on_create(self, run, data):
         data.tokenizer.save(run.tokenizer)
 
+    def finish(self, model, run, cfg, task, tracker, step):
+        """A 500-character sample from the best weights, to sample.txt and the tracker."""
+        from dla.generation import default_prompt, sample_text
+
+        text = sample_text(model, task.data.tokenizer, default_prompt(cfg), chars=500, seed=cfg.seed)
+        run.sample.write_text(text)
+        tracker.text("sample", text, step)
+        print(f"\nsample ({run.sample}):\n{text}\n")
+
     def summary(self, cfg, data):
         return {"test_split": "val (two-way split)"} if data.test_is_val else {}
 

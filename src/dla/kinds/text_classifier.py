@@ -60,7 +60,7 @@ class TextClassifier(RunKind):
     def predict(self, model, cfg, run, inputs, top_k, invert=False):
         import torch
 
-        from dla.hf.hub import pretrained_tokenizer, quiet_transformers
+        from dla.hub import pretrained_tokenizer, quiet_transformers
 
         quiet_transformers()
         tokenizer = pretrained_tokenizer(str(run.hf_model) if run.hf_model.is_dir() else cfg.model.pretrained)
@@ -72,13 +72,27 @@ class TextClassifier(RunKind):
         return [(text, text if len(text) <= 60 else text[:57] + "...", [(classes[i], float(v)) for v, i in zip(vals, idx)])
                 for text, vals, idx in zip(inputs, top.values.tolist(), top.indices.tolist())]
 
+    def finish(self, model, run, cfg, task, tracker, step):
+        """`save_pretrained` of the best weights and the tokenizer (RUN/model), and the test confusion matrix."""
+        from dla.models.encoder import save_pretrained
+        from dla.report.plots import plot_confusion
+        from dla.train.tasks import macro_f1
+
+        model.config.id2label = dict(enumerate(task.classes))
+        model.config.label2id = {c: i for i, c in enumerate(task.classes)}
+        save_pretrained(model, task.inputs.tokenizer, run.path / "model")
+        confusion = task.confusion["test"]
+        acc = float(confusion.trace() / confusion.sum())
+        plot_confusion(confusion.long().numpy(), task.classes, run.plots / "confusion.png",
+                       f"{cfg.name}: test acc {100 * acc:.2f}%, macro-F1 {macro_f1(confusion):.4f}")
+
     def prepare_eval(self, run, cfg):
         recorded = run.read_summary().get("data_files", {})
         if cfg.data.path is None and recorded.get("file") and Path(recorded["file"]).is_file():
             cfg.data.path = recorded["file"]  # the file the run was trained on, wherever this command runs
 
     def eval_line(self, run, cfg, data, task, test):
-        from dla.hf.classify import confusion_text
+        from dla.report.tables import confusion_text
 
         n = len(data.data.test)
         return {"n": n}, (f"{run.path}: {data.source} test split ({n} texts): accuracy {test['acc']:.4f}  "

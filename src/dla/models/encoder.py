@@ -8,7 +8,9 @@ output whose `.logits` the text-classifier task uses. `transformers` is imported
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from dla.models.registry import register_model
@@ -25,8 +27,21 @@ def build_encoder(cfg: EncoderConfig, input_shape: tuple[int, ...], num_classes:
     """The pretrained encoder with a freshly initialised `num_classes`-way head."""
     from transformers import AutoModelForSequenceClassification
 
-    from dla.hf.hub import load_pretrained, quiet_transformers
+    from dla.hub import load_pretrained, quiet_transformers
 
     quiet_transformers()
     return load_pretrained(AutoModelForSequenceClassification.from_pretrained, cfg.pretrained, "model",
                            num_labels=num_classes)
+
+
+def save_pretrained(model: Any, tokenizer: Any, folder: Path) -> None:
+    """`save_pretrained` (safetensors) of model and tokenizer into a temporary folder, then swapped in."""
+    tmp = folder.with_name(f".{folder.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    old = folder.with_name(f".{folder.name}.old")
+    if folder.exists():
+        folder.rename(old)
+    tmp.rename(folder)
+    shutil.rmtree(old, ignore_errors=True)

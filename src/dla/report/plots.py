@@ -200,3 +200,16 @@ def plot_heatmap(values: Any, rows: list[str], cols: list[str], path: Path, titl
     ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
     fig.colorbar(im, ax=ax)
     return save_figure(fig, path)
+
+
+def plot_confusion(confusion: Any, classes: tuple[str, ...], path: Path, title: str) -> Path:
+    """Confusion matrix (rows: true class) with counts, as a PNG."""
+    import numpy as np
+    from sklearn.metrics import ConfusionMatrixDisplay
+
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(1.6 + 0.9 * len(classes), 1.2 + 0.8 * len(classes)))
+    ConfusionMatrixDisplay(np.asarray(confusion), display_labels=classes).plot(
+        ax=ax, colorbar=False, xticks_rotation=45, cmap="Blues", values_format="d")
+    ax.set_title(title, fontsize=9)
+    return save_figure(fig, path)

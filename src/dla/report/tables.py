@@ -50,3 +50,11 @@ def markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[tuple[str, 
     rule = "|" + "|".join("---" if k == "str" else "---:" for _, _, k in columns) + "|"
     body = ["| " + " | ".join(format_cell(r.get(key), kind) for _, key, kind in columns) + " |" for r in rows]
     return "\n".join([head, rule, *body]) + "\n"
+
+
+def confusion_text(confusion: Any, classes: tuple[str, ...]) -> str:
+    """A confusion matrix (rows: true class) as aligned text, for the terminal."""
+    width = max(8, *(len(c) for c in classes))
+    head = " " * width + " " + " ".join(f"{c[:8]:>8}" for c in classes)
+    rows = [f"{c:>{width}} " + " ".join(f"{int(n):8d}" for n in row) for c, row in zip(classes, confusion)]
+    return "\n".join(["rows: true class, columns: predicted", head, *rows])

@@ -4,9 +4,8 @@ The loop in `dla.train.loop` runs *rounds*: a round is a number of optimiser ste
 validation pass, a metrics record, early stopping and a checkpoint. For image classification and
 for fine-tuning a text classifier a round is an epoch; for a language model it is
 `train.eval_every` steps of random windows. Everything else (optimiser, schedule, clipping, bf16
-autocast, DDP, NaN checks, resume, tracking) is shared. `finish` writes what a task leaves in the
-run besides weights and metrics (a language model's sample, a fine-tuned encoder's
-`save_pretrained` folder and confusion matrix).
+autocast, DDP, NaN checks, resume, tracking) is shared. What a run leaves besides weights and
+metrics (a language model's sample, a fine-tuned encoder's folder) its kind writes (`dla.kinds`).
 """
 
 from __future__ import annotations
@@ -92,9 +91,6 @@ class Task:
 
     def test(self, model: nn.Module, accelerator: Accelerator, cfg: TrainConfig) -> dict[str, float]:
         return self.evaluate(model, "test", accelerator, cfg)
-
-    def finish(self, model: nn.Module, run: Any, cfg: Any, tracker: Any, step: int) -> None:
-        """After the test (main process only): write the task's own outputs into the run."""
 
     def summary(self, history: list[dict[str, Any]]) -> dict[str, Any]:
         """What the task adds to summary.json."""
@@ -233,15 +229,6 @@ class LMTask(Task):
         result["last_pos_loss"] = float(last[0] / last[1])
         return result
 
-    def finish(self, model, run, cfg, tracker, step):
-        """A 500-character sample from the best weights, to sample.txt and the tracker."""
-        from dla.generate_run import default_prompt, sample_text
-
-        text = sample_text(model, self.data.tokenizer, default_prompt(cfg), chars=500, seed=cfg.seed)
-        run.sample.write_text(text)
-        tracker.text("sample", text, step)
-        print(f"\nsample ({run.sample}):\n{text}\n")
-
     def _loss_sum(self, model, x, y, precision) -> torch.Tensor:
         with autocast(x.device, precision):
             logits = model(x)
@@ -261,7 +248,7 @@ class TextClassifierTask(Task):
     Epochs of shuffled, length-grouped token batches padded per batch (dynamic padding); the last
     partial batch is dropped, as for images, so that each process gets an equal slice under DDP.
     Metrics: cross-entropy, accuracy and macro-F1, the last from a confusion matrix summed across
-    processes. `finish` saves the encoder with `save_pretrained` (RUN/model) and the test confusion matrix.
+    processes; the confusion matrices are kept for the kind to draw.
     """
 
     SPLITS = ("train", "val", "test")
@@ -288,7 +275,7 @@ class TextClassifierTask(Task):
         return min(self.steps_per_epoch(cfg), self.total_steps(cfg) - done_steps)
 
     def batches(self, cfg, generator, accelerator, steps):
-        from dla.hf.batching import train_batches as token_batches
+        from dla.data.tokens import train_batches as token_batches
 
         enc, labels = self.encoded["train"], self.labels["train"]
         device, rank, world = accelerator.device, accelerator.process_index, accelerator.num_processes
@@ -313,7 +300,7 @@ class TextClassifierTask(Task):
 
     @torch.inference_mode()
     def evaluate(self, model, split, accelerator, cfg):
-        from dla.hf.batching import length_sorted
+        from dla.data.tokens import length_sorted
 
         model.eval()
         enc, labels, k = self.encoded[split], self.labels[split], len(self.classes)
@@ -333,18 +320,6 @@ class TextClassifierTask(Task):
         self.confusion[split] = confusion
         return {"loss": float(sums[0] / confusion.sum()), "acc": float(confusion.trace() / confusion.sum()),
                 "f1": macro_f1(confusion)}
-
-    def finish(self, model, run, cfg, tracker, step):
-        """`save_pretrained` of the best weights and the tokenizer (RUN/model), and the test confusion matrix."""
-        from dla.hf.classify import plot_confusion, save_pretrained
-
-        model.config.id2label = dict(enumerate(self.classes))
-        model.config.label2id = {c: i for i, c in enumerate(self.classes)}
-        save_pretrained(model, self.inputs.tokenizer, run.path / "model")
-        confusion = self.confusion["test"]
-        acc = float(confusion.trace() / confusion.sum())
-        plot_confusion(confusion.long().numpy(), self.classes, run.plots / "confusion.png",
-                       f"{cfg.name}: test acc {100 * acc:.2f}%, macro-F1 {macro_f1(confusion):.4f}")
 
     def summary(self, history):
         seconds = sum(r["steps_time_s"] for r in history)

@@ -1,11 +1,10 @@
-"""Token batches for encoder classifiers: texts tokenised once, padded per batch (dynamic padding),
-training batches grouped by length so that little padding is computed, evaluation in length order.
-"""
+"""Token batching for a pretrained encoder (Lab 2.3): encoding, length-grouped batches with dynamic padding,
+running an encoder over them; and the GPT-2 tokenizer on one sentence (Lab 2.2, `dla hf tokenize`)."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
@@ -13,6 +12,7 @@ import torch
 from tqdm.auto import tqdm
 
 from dla.device import autocast
+from dla.hub import pretrained_tokenizer
 
 
 @dataclass
@@ -89,3 +89,44 @@ def run_encoder(forward, data: Encoded, batch_size: int, device: torch.device, p
         out[index] = values
     assert out is not None
     return out
+
+
+EXAMPLE = "This is an example sentence to encode into tokens."
+
+
+@dataclass
+class Tokenized:
+    text: str
+    words: int  # whitespace-separated words
+    ids: list[int]
+    tokens: list[str]
+    decoded: str
+
+    @property
+    def round_trip(self) -> bool:
+        return self.decoded == self.text
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "n_tokens": len(self.ids), "round_trip": self.round_trip}
+
+    def format(self) -> str:
+        return "\n".join([
+            f"text:     {self.text}",
+            f"words:    {self.words}",
+            f"tokens:   {len(self.ids)}",
+            f"ids:      {self.ids}",
+            f"pieces:   {self.tokens}",
+            f"decoded:  {self.decoded}",
+            f"decode(encode(text)) == text: {self.round_trip}",
+        ])
+
+
+def tokenize(text: str, tokenizer: Any) -> Tokenized:
+    """Encode `text` without special tokens and decode it back."""
+    ids = tokenizer.encode(text, add_special_tokens=False)
+    return Tokenized(text, len(text.split()), ids, tokenizer.convert_ids_to_tokens(ids), tokenizer.decode(ids))
+
+
+def tokenize_with(text: str, name: str = "gpt2") -> Tokenized:
+    """`tokenize` with the tokenizer `name` (Hub id or folder)."""
+    return tokenize(text, pretrained_tokenizer(name))

@@ -16,10 +16,21 @@ from dla.config import ExperimentConfig, to_dict
 from dla.device import make_accelerator
 from dla.errors import ConfigError
 from dla.kind import kinds_for
-from dla.hf.batching import Encoded, run_encoder
-from dla.hf.classify import metrics, plot_confusion
-from dla.hf.hub import load_pretrained
+from dla.data.tokens import Encoded, run_encoder
+from dla.hub import load_pretrained
+from dla.report.plots import plot_confusion
 from dla.rundir import RunDir
+
+
+def metrics(labels: np.ndarray, logits: np.ndarray) -> dict[str, float]:
+    """Cross-entropy, accuracy and macro-F1 (scikit-learn) of logits against labels."""
+    from sklearn.metrics import accuracy_score, f1_score
+
+    logp = torch.from_numpy(logits).float().log_softmax(1)
+    loss = float(torch.nn.functional.nll_loss(logp, torch.from_numpy(labels)).item())
+    pred = logits.argmax(1)
+    return {"loss": loss, "acc": float(accuracy_score(labels, pred)),
+            "f1": float(f1_score(labels, pred, average="macro", labels=np.arange(logits.shape[1]), zero_division=0))}
 
 
 def load_encoder(name: str) -> Any:
