@@ -137,6 +137,19 @@ class OptimConfig:
             raise ConfigError("optim: weight_decay must be >= 0, momentum and muon_momentum in [0, 1)")
         if self.betas is not None and (len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas)):
             raise ConfigError(f"optim.betas: two numbers in [0, 1), got {self.betas}")
+        defaults = OptimConfig.__dataclass_fields__
+        for key, names in OPTIM_KEYS_FOR.items():  # a setting the chosen optimiser would ignore is refused
+            value = getattr(self, key)
+            if self.name not in names and value != defaults[key].default:
+                raise ConfigError(f"optim.{key}={value} applies to optim.name={' or '.join(names)}, not to "
+                                  f"optim.name={self.name}; remove it or pick an optimiser that uses it")
+        if self.nesterov and self.momentum == 0:
+            raise ConfigError("optim.nesterov=true needs optim.momentum > 0")
+
+
+# Which optimisers read each optimiser-specific key (muon: betas of its AdamW part)
+OPTIM_KEYS_FOR = {"momentum": ("sgd",), "nesterov": ("sgd",), "betas": ("adam", "adamw", "lion", "muon"),
+                  "muon_lr": ("muon",), "muon_momentum": ("muon",)}
 
 
 @dataclass
@@ -232,6 +245,9 @@ class ExperimentConfig:
 
     def validate(self) -> None:
         check_seed(self.seed, "seed")
+        check_folder_name(self.name, "name")
+        if self.run_name is not None:
+            check_folder_name(self.run_name, "run_name")
 
 
 # `GROUP=VALUE` shorthands for the most used keys.
@@ -515,6 +531,14 @@ def check_seed(value: int, key: str) -> None:
     """Seeds go to torch, numpy and random alike: an integer in [0, 2**32 - 1]."""
     if not 0 <= value < 2**32:
         raise ConfigError(f"{key}: must be in [0, 2**32 - 1], got {value}")
+
+
+def check_folder_name(value: str, key: str) -> None:
+    """Experiment, run and sweep names become one folder of the runs directory: one path component,
+    not empty, without a path separator, not starting with a dot (".", "..", hidden and temporary folders)."""
+    if not value or "/" in value or "\\" in value or "\0" in value or value.startswith(".") or len(value.encode()) > 255:
+        raise ConfigError(f"{key}: {value!r} is not a folder name (one path component: no '/', not empty, "
+                          f"not starting with '.', at most 255 bytes)")
 
 
 def check_positive(obj: Any, *names: str, prefix: str = "") -> None:
