@@ -115,6 +115,14 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_report_after(args: argparse.Namespace) -> None:
+    """With --report, check before the work that report/ can take the report (a new folder or a dla report)."""
+    if args.report:
+        from dla.report.site import check_report_out
+
+        check_report_out("report")
+
+
 def _report_after(args: argparse.Namespace, path: Path) -> None:
     """After a study command: refresh the HTML report of the runs folder holding `path` (--report), or say how."""
     runs = Path("runs")
@@ -130,6 +138,7 @@ def _report_after(args: argparse.Namespace, path: Path) -> None:
 def cmd_sweep(args: argparse.Namespace) -> int:
     from dla.sweep import run_sweep
 
+    _check_report_after(args)
     try:
         sweep_dir = run_sweep(args.sweep, list(args.overrides), _data_root(args))
     except KeyboardInterrupt:
@@ -154,6 +163,7 @@ def cmd_ood(args: argparse.Namespace) -> int:
     from dla.build import open_run
 
     run, _ = open_run(args.run, "dla ood")
+    _check_report_after(args)
     sets = [s.strip() for s in args.ood.split(",") if s.strip()]
     check_ood_args(run, sets, args.n, args.odin_t, args.odin_eps)  # every set, before the first one runs
     if args.odin_grid:
@@ -174,6 +184,7 @@ def cmd_attack(args: argparse.Namespace) -> int:
     from dla.build import open_run
 
     run, _ = open_run(args.run, "dla attack")
+    _check_report_after(args)
     result = run_attack(run, args.method, args.eps, args.steps, args.n, _data_root(args), args.target, args.c)
     print(result["header"] + result["table"], end="")
     print(f"wrote {result['out']}")

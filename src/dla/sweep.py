@@ -168,6 +168,13 @@ def run_sweep(name: str, overrides: list[str], data_root: Path) -> Path:
         cfg = load_experiment(spec.base, [*rest, *(f"{k}={_text(v)}" for k, v in combo.items())])
         configs.append((spec.name_for(combo), combo, cfg))  # every config is validated before any run starts
     sweep_dir = Path(configs[0][2].runs_dir) / spec.name / tag
+    for run_name, _, _ in configs:  # what is there already: runs of an earlier call, nothing of the user's
+        run = RunDir(sweep_dir / run_name)
+        if run.path.exists() and not run.config.is_file() and (run.path.is_file() or any(
+                p.is_file() or p.is_symlink() for p in run.path.rglob("*"))):
+            raise ConfigError(f"{run.path} is in the way: not a run directory (no config.yaml); move it, "
+                              f"or give the sweep another folder with sweep_name=NAME")
+        run.read_summary()  # a damaged summary.json stops here, naming it
     sweep_dir.mkdir(parents=True, exist_ok=True)
     (sweep_dir / "sweep.yaml").write_text(
         yaml.safe_dump({"sweep": spec.name, "base": spec.base, "grid": spec.grid, "overrides": rest}, sort_keys=False)
