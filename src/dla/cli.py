@@ -159,18 +159,15 @@ def cmd_gradients(args: argparse.Namespace) -> int:
 
 
 def cmd_ood(args: argparse.Namespace) -> int:
-    from dla.analysis.ood_study import check_ood_args, run_odin_grid, run_ood
+    from dla.analysis.ood_study import check_ood_args, default_ood_set, run_odin_grids, run_ood
     from dla.build import open_run
 
-    run, _ = open_run(args.run, "dla ood")
+    run, cfg = open_run(args.run, "dla ood")
     _check_report_after(args)
-    sets = [s.strip() for s in args.ood.split(",") if s.strip()]
+    sets = [s.strip() for s in args.ood.split(",") if s.strip()] if args.ood is not None else [default_ood_set(cfg)]
     check_ood_args(run, sets, args.n, args.odin_t, args.odin_eps)  # every set, before the first one runs
     if args.odin_grid:
-        if {"near", "far"} & set(sets):
-            raise DlaError("--odin-grid: name the OOD sets (e.g. --ood heldout), not the groups near/far")
-        for name in sets:
-            run_odin_grid(run, name, _data_root(args), n=args.n)
+        run_odin_grids(run, sets, _data_root(args), n=args.n)
     else:
         detectors = [d.strip() for d in args.detectors.split(",") if d.strip()]
         run_ood(run, sets, detectors, _data_root(args), n=args.n, odin_t=args.odin_t, odin_eps=args.odin_eps)
@@ -333,10 +330,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("ood", help="OOD detection scores, metrics and plots for a run (Lab 3.1, 3.3)")
     p.add_argument("run", help="run directory")
-    p.add_argument("--ood", default="mnist", help="OOD sets, comma-separated: mnist, fashion-mnist, cifar10, "
+    p.add_argument("--ood", help="OOD sets, comma-separated: mnist, fashion-mnist, cifar10, "
                    "noise-uniform, noise-gaussian, fakedata (torchvision's, the original's), heldout (classes a "
                    "data.classes run never saw), a folder of images or an .npz; online also svhn, cifar100; the "
-                   "groups near and far (OpenOOD's split, with mean AUROC per group); default mnist")
+                   "groups near and far (OpenOOD's split, with mean AUROC per group); not the run's own data set; "
+                   "default mnist (fashion-mnist for a run trained on MNIST)")
     p.add_argument("--detectors", default=",".join(DETECTOR_NAMES),
                    help=f"comma-separated (default all): {', '.join(DETECTOR_NAMES)}")
     p.add_argument("--n", type=positive_int, default=2000, help="images per set (default 2000)")

@@ -114,6 +114,8 @@ def train(
         raw_model = raw_model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(raw_model, cfg.optim)
     scheduler = build_scheduler(optimizer, cfg.sched, task.total_steps(cfg.train))
+    # OOD sets are read now: a damaged one stops the command before the run folder exists
+    ood_tracking = OODTracking.for_run(cfg, data, data_root) if main and cfg.train.ood_every else None
     generator = torch.Generator().manual_seed(cfg.seed)
     early = EarlyStopping(cfg.train.monitor, cfg.train.patience, cfg.train.min_delta)
     state = FitState(origin=origin)
@@ -147,8 +149,8 @@ def train(
         tracker = make_tracker(cfg.track.tracker, str(run.path), label, cfg.track.project, to_dict(cfg), state.epoch)
     if main and cfg.train.grad_stats_every:
         callbacks = [*callbacks, GradientStats(cfg.train.grad_stats_every)]
-    if main and cfg.train.ood_every:
-        callbacks = [*callbacks, OODTracking.for_run(cfg, data, data_root)]
+    if ood_tracking is not None:
+        callbacks = [*callbacks, ood_tracking]
     params = count_parameters(raw_model)
     if main:
         print(

@@ -123,8 +123,15 @@ def check_ood_args(run: RunDir, ood_sets: list[str], n: int, odin_t: float = 1.0
 HELDOUT_NEEDS_CLASSES = "heldout needs a run trained with data.classes=[...] (e.g. [0,1,2,3,4,5])"
 
 
+def default_ood_set(cfg) -> str:
+    """`dla ood`'s set when --ood is not given: MNIST, or Fashion-MNIST for a run trained on MNIST."""
+    return "fashion-mnist" if cfg.data.name == "mnist" else "mnist"
+
+
 def check_set_names(cfg, ood_sets: list[str], option: str = "--ood") -> None:
-    """Every OOD set name (or group, or user folder / .npz) valid for this run's config."""
+    """Every OOD set name (or group, or user folder / .npz) valid for this run's config: known, not the
+    run's own data set (its test images are in-distribution: scoring them as OOD measures nothing, an
+    AUROC near 0.5 by construction), and each set once."""
     if "heldout" in ood_sets and not cfg.data.classes:
         raise DlaError(f"{option} {HELDOUT_NEEDS_CLASSES}")
     valid = ", ".join((*OOD_SETS, "heldout", "near", "far"))
@@ -133,7 +140,15 @@ def check_set_names(cfg, ood_sets: list[str], option: str = "--ood") -> None:
     unknown = [s for s in ood_sets if s not in (*OOD_SETS, "heldout", "near", "far") and not is_user_set(s)]
     if unknown:
         raise DlaError(f"{option}: unknown OOD set {unknown[0]!r}; valid: {valid}, or a folder of images or an .npz file")
-    expand_groups(cfg, ood_sets)
+    if cfg.data.name in ood_sets:
+        held = "heldout (the classes it never saw)" if cfg.data.classes else "e.g. " + default_ood_set(cfg)
+        raise DlaError(f"{option} {cfg.data.name}: the run was trained on {cfg.data.name}, so its images are "
+                       f"in-distribution, not OOD; choose another set: {held}")
+    labels = [user_set_label(name) for name, _ in expand_groups(cfg, ood_sets)]
+    twice = next((label for label in labels if labels.count(label) > 1), None)
+    if twice:
+        raise DlaError(f"{option}: the OOD set {twice} comes twice (named again, in a group, or two user sets of "
+                       f"that name); give each once")
     for s in ood_sets:
         if is_user_set(s):
             check_user_set(s)
@@ -149,6 +164,24 @@ def ood_set_images(name: str, cfg, data_root: Path, n: int, seed: int) -> torch.
     if is_user_set(name):
         return user_images(name, get_spec(cfg.data.name).shape, n, seed)
     return ood_images(name, get_spec(cfg.data.name).shape, data_root, n, seed, cfg.data.download)
+
+
+def load_sets(cfg, ood_sets: list[str], data_root: Path, n: int, seed: int) -> list[tuple[str, str | None, torch.Tensor]]:
+    """(set, group, images) of every --ood entry, groups expanded: all of them read before the first is scored,
+    so a damaged or missing set fails before any work. A group none of whose sets can be had is an error."""
+    loaded, skipped = [], {}
+    for name, group in expand_groups(cfg, ood_sets):
+        x = grouped_set_images(name, group, cfg, data_root, n, seed)
+        if x is None:
+            skipped.setdefault(group, []).append(name)
+        else:
+            loaded.append((name, group, x))
+    for group, names in skipped.items():
+        if not any(g == group for _, g, _ in loaded):
+            raise DlaError(f"--ood {group}: none of its sets for {cfg.data.name} could be had ({', '.join(names)}: "
+                           f"not on disk, and no network); offline, use a run trained with data.classes=[...] and "
+                           f"--ood heldout, or name sets that are on disk")
+    return loaded
 
 
 def grouped_set_images(name: str, group: str | None, cfg, data_root: Path, n: int, seed: int) -> torch.Tensor | None:
@@ -177,14 +210,16 @@ def run_ood(
     unknown = [d for d in detectors if d not in ood.DETECTORS]
     if unknown or not detectors:
         raise DlaError(f"--detectors: unknown detector {unknown[0] if unknown else ''!r}; valid: {', '.join(ood.DETECTORS)}")
+    if len(set(detectors)) < len(detectors):
+        raise DlaError(f"--detectors: {next(d for d in detectors if detectors.count(d) > 1)} is named twice")
     check_ood_args(run, ood_sets, n, odin_t, odin_eps)
+    sets = load_sets(load_run_config(run), ood_sets, data_root, n, seed)
     model, cfg = load_run_model(run)
     data = load_data(cfg, data_root)
     x_id = to_unit_float(sample(data.test, n, seed).x)
     fitted = fit_detectors(model, data, detectors, seed)
-    entries = expand_groups(cfg, ood_sets)
     with atomic_dir(run.path / "ood") as out:
-        rows = _score_sets(model, cfg, data, x_id, fitted, entries, detectors, data_root, n, odin_t, odin_eps, seed, out)
+        rows = _score_sets(model, data, x_id, fitted, sets, detectors, odin_t, odin_eps, out)
         header = f"ID: {data.test_source} test split ({len(x_id)} images); run {run.path}; higher score = more ID\n\n"
         grouped = any(r.get("group") for r in rows)
         text = header + markdown_table(rows, [c for c in OOD_COLUMNS if grouped or c[1] != "group"])
@@ -217,13 +252,10 @@ def group_means(rows: list[dict], detectors: list[str]) -> str:
     return markdown_table(table, columns)
 
 
-def _score_sets(model, cfg, data, x_id, fitted, entries, detectors, data_root, n, odin_t, odin_eps, seed, out):
+def _score_sets(model, data, x_id, fitted, sets, detectors, odin_t, odin_eps, out):
     id_scores = {d: detector_scores(d, model, x_id, fitted, odin_t, odin_eps) for d in detectors}
     rows = []
-    for path, group in entries:
-        x_ood = grouped_set_images(path, group, cfg, data_root, n, seed)
-        if x_ood is None:
-            continue
+    for path, group, x_ood in sets:
         name = user_set_label(path)
         pairs = {}
         for d in detectors:
@@ -238,6 +270,15 @@ def _score_sets(model, cfg, data, x_id, fitted, entries, detectors, data_root, n
     return rows
 
 
+def run_odin_grids(run: RunDir, ood_sets: list[str], data_root: Path, n: int = 1000, seed: int = 0) -> list[dict]:
+    """`run_odin_grid` for each set, every set read before the first grid runs."""
+    check_ood_args(run, ood_sets, n)
+    if {"near", "far"} & set(ood_sets):
+        raise DlaError("--odin-grid: name the OOD sets (e.g. --ood heldout), not the groups near/far")
+    sets = load_sets(load_run_config(run), ood_sets, data_root, n, seed)
+    return [run_odin_grid(run, name, data_root, n, seed=seed, x_ood=x) for name, _, x in sets]
+
+
 def run_odin_grid(
     run: RunDir,
     ood_set: str,
@@ -246,22 +287,24 @@ def run_odin_grid(
     temperatures=ODIN_TEMPERATURES,
     epsilons=ODIN_EPSILONS,
     seed: int = 0,
+    x_ood: torch.Tensor | None = None,
 ) -> dict:
-    """The T x eps grid; the best cell is chosen on a validation half of ID and OOD, reported on the test half."""
+    """The T x eps grid; the best cell is chosen on a validation half of ID and OOD, reported on the test half.
+    `x_ood`: the set's images, when already read."""
     check_ood_args(run, [ood_set], n)
     if n < 2:
         raise DlaError(f"--n: the ODIN grid splits the images into two halves: needs >= 2, got {n}")
     with atomic_dir(run.path / "ood") as out:
-        result, text = _odin_grid(run, ood_set, data_root, n, temperatures, epsilons, seed, out)
+        result, text = _odin_grid(run, ood_set, data_root, n, temperatures, epsilons, seed, out, x_ood)
     print(text, end="")
     return result
 
 
-def _odin_grid(run, ood_set, data_root, n, temperatures, epsilons, seed, out):
+def _odin_grid(run, ood_set, data_root, n, temperatures, epsilons, seed, out, x_ood=None):
     model, cfg = load_run_model(run)
     data = load_data(cfg, data_root)
     x_id = to_unit_float(sample(data.test, n, seed).x)
-    x_ood = ood_set_images(ood_set, cfg, data_root, n, seed)
+    x_ood = ood_set_images(ood_set, cfg, data_root, n, seed) if x_ood is None else x_ood
     grid = ood.odin_grid(model, torch.cat([x_id, x_ood]), temperatures, epsilons)
     halves = {"val": slice(0, None, 2), "test": slice(1, None, 2)}  # alternate images, so both halves mix alike
     metrics = {}  # (T, eps) -> half -> every metric
