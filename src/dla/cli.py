@@ -354,7 +354,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "autoattack 8/255 for colour, 0.1 for grey images); for cw, L2 radii (default 0,0.1,0.25,0.5,1,2)")
     p.add_argument("--steps", type=positive_int, default=None, help="PGD steps (default 10; step size 2.5 eps / "
                    "steps) or CW steps (default 100)")
-    p.add_argument("--c", type=positive_float_list, default=[1.0],
+    p.add_argument("--c", type=positive_float_list, default=None,
                    help="CW: the weight of the margin term (default 1); several, e.g. 0.1,1,10,100, keep each image's "
                    "smallest successful perturbation over them (the paper's search over c)")
     p.add_argument("--n", type=positive_int, default=1000, help="test images to attack (default 1000)")
