@@ -425,13 +425,23 @@ def known_error(exc: BaseException) -> str | None:
     return None
 
 
+def debugging() -> bool:
+    """DLA_DEBUG=1: every failure shows its traceback."""
+    return os.environ.get("DLA_DEBUG", "") not in ("", "0")
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
     try:
+        args = build_parser().parse_args(argv)
         return args.func(args)
+    except KeyboardInterrupt:  # Ctrl-C outside a command's own handling (e.g. while torch imports): one line
+        if debugging():
+            raise
+        print("\ndla: interrupted", file=sys.stderr)
+        return 130
     except Exception as exc:  # known failures become one line; the rest re-raise
         message = known_error(exc)
-        if message is None or os.environ.get("DLA_DEBUG", "") not in ("", "0"):
+        if message is None or debugging():
             raise
         print(f"dla: error: {'; '.join(line for line in message.splitlines() if line.strip())}", file=sys.stderr)
         return getattr(exc, "exit_code", 1)
