@@ -540,7 +540,7 @@ def test_attack_failing_half_way_leaves_the_run_as_it_was(runs, tmp_path, monkey
     from dla.rundir import RunDir
 
     run = RunDir(shutil.copytree(runs.image, tmp_path / "run"))
-    run_attack(run, "fgsm", [0.0, 0.1], 1, 16, runs.root)  # a first, complete result
+    run_attack(run, "fgsm", [0.0, 0.1], None, 16, runs.root)  # a first, complete result
     before = tree_hash(run.path)
 
     def broken(*args, **kwargs):
@@ -548,7 +548,7 @@ def test_attack_failing_half_way_leaves_the_run_as_it_was(runs, tmp_path, monkey
 
     monkeypatch.setattr(adversarial, "plot_gallery", broken)  # after the table and the plot are written
     with pytest.raises(RuntimeError):
-        run_attack(run, "fgsm", [0.0, 0.2], 1, 16, runs.root)
+        run_attack(run, "fgsm", [0.0, 0.2], None, 16, runs.root)
     assert tree_hash(run.path) == before
     assert [p.name for p in run.path.iterdir() if p.name.startswith(".")] == []  # no temporary folder left
 

@@ -9,7 +9,7 @@ from conftest import SHARED, need
 from dla import experiment
 from dla.analysis.cam import class_activation_maps, heatmaps, inside, pointing_game
 from dla.analysis.detect import Detections, detect, detection_metrics, match
-from dla.build import class_names, input_shape, model_for
+from dla.build import input_shape, model_for
 from dla.cli import CAM_METHODS, main
 from dla.config import load_experiment
 from dla.data.canvas import detection_canvases, pointing_canvases, with_background

@@ -14,7 +14,7 @@ from conftest import SHARED, need
 
 from dla import build, experiment
 from dla.config import load_experiment, load_run_config
-from dla.data.text import import_inferno, load_tokenizer
+from dla.data.text import import_inferno
 from dla.device import make_accelerator
 from dla.errors import ConfigError
 from dla.rundir import RunDir

@@ -154,7 +154,7 @@ def test_dla_ood_writes_table_and_plots(fashion_run, data_root):
 
 
 def test_near_and_far_groups_follow_openood_and_the_runs_classes():
-    from dla.analysis.ood_study import expand_groups
+    from dla.data.ood import expand_groups
     from dla.errors import DlaError
 
     six = load_experiment("lab1-cnn", ["data=cifar10", "data.classes=[0,1,2,3,4,5]"])

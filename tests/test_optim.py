@@ -1,10 +1,12 @@
 """Optimisers and augmentation of the training recipes: decay groups, Lion, Muon + AdamW, AutoAugment."""
 
+from typing import get_args, get_type_hints
+
 import pytest
 import torch
 from torch import nn
 
-from dla.config import OptimConfig, load_experiment
+from dla.config import OptimConfig, SchedConfig, load_experiment
 from dla.data.batches import augment
 from dla.device import seed_process
 from dla.errors import ConfigError
@@ -12,7 +14,7 @@ from dla.models import build_model
 from dla.models.cnn import CNNConfig
 from dla.models.gpt import GPT, GPTConfig
 from dla.models.mlp import MLPConfig
-from dla.train.optim import build_optimizer, hidden_matrices
+from dla.train.optim import build_optimizer, build_scheduler, hidden_matrices
 
 
 def decayed_names(model: nn.Module, optimizer: torch.optim.Optimizer) -> set[str]:
@@ -116,6 +118,62 @@ def test_muon_needs_hidden_matrices_and_the_optimiser_names_are_checked():
         load_experiment("lab1-mlp", ["optim.name=lamb"])
     with pytest.raises(ConfigError, match="optim.betas"):
         load_experiment("lab1-mlp", ["optim.betas=[0.9,1.5]"])
+
+
+OPTIMISERS = get_args(get_type_hints(OptimConfig)["name"])
+SCHEDULES = get_args(get_type_hints(SchedConfig)["name"])
+
+
+@pytest.mark.parametrize("schedule", SCHEDULES)
+@pytest.mark.parametrize("optimiser", OPTIMISERS)
+def test_every_optimiser_trains_under_every_schedule(optimiser, schedule):
+    """Two steps of a tiny MLP for each pair (Muon under one-cycle raised in torch's OneCycleLR), and the
+    schedule's state survives a checkpoint."""
+    torch.manual_seed(0)
+    model = build_model(MLPConfig(hidden=[8]), (1, 4, 4), 3, (0.5,), (0.5,))
+    opt = build_optimizer(model, OptimConfig(name=optimiser, lr=1e-2))
+    sched = build_scheduler(opt, SchedConfig(name=schedule), total_steps=2)
+    x, y = torch.rand(8, 1, 4, 4), torch.randint(0, 3, (8,))
+    before = [p.detach().clone() for p in model.parameters()]
+    for _ in range(2):
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    assert all(g["lr"] >= 0 for g in opt.param_groups)
+    build_scheduler(build_optimizer(model, OptimConfig(name=optimiser, lr=1e-2)), SchedConfig(name=schedule),
+                    total_steps=2).load_state_dict(sched.state_dict())
+
+
+def test_one_cycle_leaves_sgd_without_momentum_without_momentum():
+    model = nn.Linear(3, 2)
+    opt = build_optimizer(model, OptimConfig(name="sgd", momentum=0.0))
+    build_scheduler(opt, SchedConfig(name="onecycle"), total_steps=20)
+    assert all(g["momentum"] == 0 for g in opt.param_groups)
+
+
+@pytest.mark.parametrize("total, warmup", [(10, 0.1), (5, 0.2), (2, 0.5), (20, 0.05)])
+def test_one_cycle_with_a_warm_up_of_exactly_one_step(total, warmup):
+    """torch's OneCycleLR divides by zero when the warm-up is one step long (e.g. lab1-mlp's 0.2 of 5 steps)."""
+    opt = build_optimizer(nn.Linear(3, 2), OptimConfig(name="adamw", lr=1e-2))
+    sched = build_scheduler(opt, SchedConfig(name="onecycle", warmup_frac=warmup), total_steps=total)
+    for _ in range(total):
+        opt.step()
+        sched.step()
+    assert opt.param_groups[0]["lr"] < 1e-2
+
+
+@pytest.mark.parametrize("override, name", [
+    ("optim.betas=[0.8,0.9]", "sgd"), ("optim.momentum=0.5", "adamw"), ("optim.nesterov=true", "adam"),
+    ("optim.muon_lr=0.05", "lion"), ("optim.muon_momentum=0.9", "sgd"),
+])
+def test_a_setting_the_optimiser_ignores_is_refused(override, name):
+    with pytest.raises(ConfigError, match=rf"{override.split('=')[0]}=.* applies to optim.name=.*not to optim.name={name}"):
+        load_experiment("lab1-mlp", [f"optim.name={name}", override])
+    load_experiment("lab1-mlp", ["optim.name=muon", "optim.betas=[0.8,0.9]"])  # Muon's AdamW part reads them
 
 
 def test_autoaugment_keeps_dtype_shape_range_and_follows_the_seed():

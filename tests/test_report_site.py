@@ -67,13 +67,19 @@ def test_run_kind_of_configs_this_version_cannot_load():
 
 
 def test_site_pages_tables_and_figures(runs, tmp_path):
-    stale = tmp_path / "report" / "run" / "a-deleted-run.html"
-    stale.parent.mkdir(parents=True)
-    stale.write_text("old")
+    build_site([runs / "tiny-sweep"], tmp_path / "report")  # an earlier report, of the sweep alone
+    stale = tmp_path / "report" / "run" / "tiny-sweep-lr0.001-drop0.0.html"
+    assert stale.is_file()
     (tmp_path / "report" / "notes.txt").write_text("mine")
+    (tmp_path / "report" / "files" / "mine").mkdir(parents=True)
+    (tmp_path / "report" / "files" / "mine" / "notes.txt").write_text("mine too")
+    site = build_site([runs / "lab1-mlp"], tmp_path / "report")
+    out = site.index.parent
+    assert not stale.exists()  # pages the earlier report wrote go; the user's files stay
+    assert (out / "notes.txt").read_text() == "mine" and (out / "files" / "mine" / "notes.txt").read_text() == "mine too"
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temporary folder left
     site = build_site([runs], tmp_path / "report")
     out = site.index.parent
-    assert not stale.exists() and (out / "notes.txt").read_text() == "mine"  # old pages go, other files stay
     assert site.index == out / "index.html" and "| lab1-mlp/base |" in site.table
     assert (out / "assets" / "plotly.min.js").stat().st_size > 1_000_000  # written once, no CDN
     pages = list(out.rglob("*.html"))
@@ -123,6 +129,46 @@ def test_empty_folder_is_a_one_line_error(tmp_path, capsys):
     assert not (tmp_path / "rep").exists()  # nothing written
     assert main(["report", str(tmp_path / "missing")]) == 1
     assert "no such run directory" in capsys.readouterr().err
+
+
+def test_report_replaces_only_a_report_it_wrote(runs, tmp_path, capsys):
+    """An existing folder that is not a dla report, a file, a path below a file: refused, nothing changed."""
+    mine = tmp_path / "mine"
+    for name in ("files/notes.txt", "run/todo.md", "index.html"):
+        (mine / name).parent.mkdir(parents=True, exist_ok=True)
+        (mine / name).write_text("mine")
+    (tmp_path / "afile").write_text("mine")
+    for out, expect in ((mine, "not a dla report"), (tmp_path / "afile", "a file, not a folder"),
+                        (tmp_path / "afile" / "site", "is a file, not a folder")):
+        assert main(["report", str(runs / "lab1-mlp"), "--out", str(out)]) == 1
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and expect in err, err
+    assert sorted(p.relative_to(mine).as_posix() for p in mine.rglob("*") if p.is_file()) == [
+        "files/notes.txt", "index.html", "run/todo.md"] and (tmp_path / "afile").read_text() == "mine"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "mine"]
+    (tmp_path / "empty").mkdir()  # an empty folder takes a report
+    assert main(["report", str(runs / "lab1-mlp"), "--out", str(tmp_path / "empty")]) == 0
+    assert (tmp_path / "empty" / ".dla-report").is_file()
+    # a file of the user's where the new report writes a page: refused, the old report left as it was
+    build_site([runs / "tiny-sweep"], tmp_path / "rep")
+    (tmp_path / "rep" / "run" / "lab1-mlp-base.html").write_text("mine")
+    before = sorted((p.relative_to(tmp_path / "rep"), p.read_bytes()) for p in (tmp_path / "rep").rglob("*") if p.is_file())
+    with pytest.raises(DlaError, match="lab1-mlp-base.html: a file dla report did not write"):
+        build_site([runs], tmp_path / "rep")
+    assert sorted((p.relative_to(tmp_path / "rep"), p.read_bytes()) for p in (tmp_path / "rep").rglob("*")
+                  if p.is_file()) == before
+
+
+def test_a_run_with_a_damaged_file_is_left_out_with_a_line(runs, tmp_path, capsys):
+    folder = tmp_path / "runs" / "lab1-mlp"
+    for name in ("good", "bad"):
+        shutil.copytree(runs / "lab1-mlp" / "base", folder / name, ignore=shutil.ignore_patterns("checkpoints", "tb"))
+    (folder / "bad" / "summary.json").write_text("[1, 2]\n")
+    assert main(["report", str(tmp_path / "runs"), "--out", str(tmp_path / "rep")]) == 0
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "bad/summary.json: not a JSON object" in err and "left out" in err
+    assert (tmp_path / "rep" / "run" / "lab1-mlp-good.html").is_file()
+    assert not (tmp_path / "rep" / "run" / "lab1-mlp-bad.html").exists()
 
 
 def _local_target(page: Path, ref: str) -> Path | None:

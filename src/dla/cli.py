@@ -109,6 +109,14 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_report_after(args: argparse.Namespace) -> None:
+    """With --report, check before the work that report/ can take the report (a new folder or a dla report)."""
+    if args.report:
+        from dla.report.site import check_report_out
+
+        check_report_out("report")
+
+
 def _report_after(args: argparse.Namespace, path: Path) -> None:
     """After a study command: refresh the HTML report of the runs folder holding `path` (--report), or say how."""
     runs = Path("runs")
@@ -124,6 +132,7 @@ def _report_after(args: argparse.Namespace, path: Path) -> None:
 def cmd_sweep(args: argparse.Namespace) -> int:
     from dla.sweep import run_sweep
 
+    _check_report_after(args)
     try:
         sweep_dir = run_sweep(args.sweep, list(args.overrides), _data_root(args))
     except KeyboardInterrupt:
@@ -144,17 +153,16 @@ def cmd_gradients(args: argparse.Namespace) -> int:
 
 
 def cmd_ood(args: argparse.Namespace) -> int:
-    from dla.analysis.ood_study import check_ood_args, run_odin_grid, run_ood
+    from dla.analysis.ood_study import check_ood_args, run_odin_grids, run_ood
+    from dla.data.ood import default_ood_set
     from dla.build import open_run
 
-    run, _ = open_run(args.run, "dla ood")
-    sets = [s.strip() for s in args.ood.split(",") if s.strip()]
+    run, cfg = open_run(args.run, "dla ood")
+    _check_report_after(args)
+    sets = [s.strip() for s in args.ood.split(",") if s.strip()] if args.ood is not None else [default_ood_set(cfg)]
     check_ood_args(run, sets, args.n, args.odin_t, args.odin_eps)  # every set, before the first one runs
     if args.odin_grid:
-        if {"near", "far"} & set(sets):
-            raise DlaError("--odin-grid: name the OOD sets (e.g. --ood heldout), not the groups near/far")
-        for name in sets:
-            run_odin_grid(run, name, _data_root(args), n=args.n)
+        run_odin_grids(run, sets, _data_root(args), n=args.n)
     else:
         detectors = [d.strip() for d in args.detectors.split(",") if d.strip()]
         run_ood(run, sets, detectors, _data_root(args), n=args.n, odin_t=args.odin_t, odin_eps=args.odin_eps)
@@ -168,6 +176,7 @@ def cmd_attack(args: argparse.Namespace) -> int:
     from dla.build import open_run
 
     run, _ = open_run(args.run, "dla attack")
+    _check_report_after(args)
     result = run_attack(run, args.method, args.eps, args.steps, args.n, _data_root(args), args.target, args.c)
     print(result["header"] + result["table"], end="")
     print(f"wrote {result['out']}")
@@ -442,10 +451,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("ood", help="OOD detection scores, metrics and plots for a run (Lab 3.1, 3.3)")
     p.add_argument("run", help="run directory")
-    p.add_argument("--ood", default="mnist", help="OOD sets, comma-separated: mnist, fashion-mnist, cifar10, "
+    p.add_argument("--ood", help="OOD sets, comma-separated: mnist, fashion-mnist, cifar10, "
                    "noise-uniform, noise-gaussian, fakedata (torchvision's, the original's), heldout (classes a "
                    "data.classes run never saw), a folder of images or an .npz; online also svhn, cifar100; the "
-                   "groups near and far (OpenOOD's split, with mean AUROC per group); default mnist")
+                   "groups near and far (OpenOOD's split, with mean AUROC per group); not the run's own data set; "
+                   "default mnist (fashion-mnist for a run trained on MNIST)")
     p.add_argument("--detectors", default=",".join(DETECTOR_NAMES),
                    help=f"comma-separated (default all): {', '.join(DETECTOR_NAMES)}")
     p.add_argument("--n", type=positive_int, default=2000, help="images per set (default 2000)")
@@ -465,7 +475,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "autoattack 8/255 for colour, 0.1 for grey images); for cw, L2 radii (default 0,0.1,0.25,0.5,1,2)")
     p.add_argument("--steps", type=positive_int, default=None, help="PGD steps (default 10; step size 2.5 eps / "
                    "steps) or CW steps (default 100)")
-    p.add_argument("--c", type=positive_float_list, default=[1.0],
+    p.add_argument("--c", type=positive_float_list, default=None,
                    help="CW: the weight of the margin term (default 1); several, e.g. 0.1,1,10,100, keep each image's "
                    "smallest successful perturbation over them (the paper's search over c)")
     p.add_argument("--n", type=positive_int, default=1000, help="test images to attack (default 1000)")
@@ -528,20 +538,30 @@ def known_error(exc: BaseException) -> str | None:
     import yaml
 
     if isinstance(exc, yaml.YAMLError):
-        from dla.config import yaml_error_line
+        from dla.yamlfile import yaml_error_line
 
         mark = getattr(exc, "problem_mark", None)
         return yaml_error_line(exc, getattr(mark, "name", None))
     return None
 
 
+def debugging() -> bool:
+    """DLA_DEBUG=1: every failure shows its traceback."""
+    return os.environ.get("DLA_DEBUG", "") not in ("", "0")
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
     try:
+        args = build_parser().parse_args(argv)
         return args.func(args)
+    except KeyboardInterrupt:  # Ctrl-C outside a command's own handling (e.g. while torch imports): one line
+        if debugging():
+            raise
+        print("\ndla: interrupted", file=sys.stderr)
+        return 130
     except Exception as exc:  # known failures become one line; the rest re-raise
         message = known_error(exc)
-        if message is None or os.environ.get("DLA_DEBUG", "") not in ("", "0"):
+        if message is None or debugging():
             raise
         print(f"dla: error: {'; '.join(line for line in message.splitlines() if line.strip())}", file=sys.stderr)
         return getattr(exc, "exit_code", 1)

@@ -20,6 +20,7 @@ from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 import yaml
 
 from dla.errors import ConfigError
+from dla.yamlfile import read_yaml
 from dla.kind import (
     DATA_SECTIONS,
     IMAGE_CLASSIFIER,
@@ -132,6 +133,19 @@ class OptimConfig:
             raise ConfigError("optim: weight_decay must be >= 0, momentum and muon_momentum in [0, 1)")
         if self.betas is not None and (len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas)):
             raise ConfigError(f"optim.betas: two numbers in [0, 1), got {self.betas}")
+        defaults = OptimConfig.__dataclass_fields__
+        for key, names in OPTIM_KEYS_FOR.items():  # a setting the chosen optimiser would ignore is refused
+            value = getattr(self, key)
+            if self.name not in names and value != defaults[key].default:
+                raise ConfigError(f"optim.{key}={value} applies to optim.name={' or '.join(names)}, not to "
+                                  f"optim.name={self.name}; remove it or pick an optimiser that uses it")
+        if self.nesterov and self.momentum == 0:
+            raise ConfigError("optim.nesterov=true needs optim.momentum > 0")
+
+
+# Which optimisers read each optimiser-specific key (muon: betas of its AdamW part)
+OPTIM_KEYS_FOR = {"momentum": ("sgd",), "nesterov": ("sgd",), "betas": ("adam", "adamw", "lion", "muon"),
+                  "muon_lr": ("muon",), "muon_momentum": ("muon",)}
 
 
 @dataclass
@@ -231,6 +245,9 @@ class ExperimentConfig:
 
     def validate(self) -> None:
         check_seed(self.seed, "seed")
+        check_folder_name(self.name, "name")
+        if self.run_name is not None:
+            check_folder_name(self.run_name, "run_name")
 
 
 # `GROUP=VALUE` shorthands for the most used keys.
@@ -316,30 +333,6 @@ def load_config_file(path: Path) -> ExperimentConfig:
 def load_run_config(run: Any) -> ExperimentConfig:
     """The resolved config of a run directory (a `RunDir` or a path to one)."""
     return load_config_file(getattr(run, "config", None) or Path(run) / "config.yaml")
-
-
-def read_yaml(path: Path) -> Any:
-    """Parse a YAML file; a syntax error raises a one-line `ConfigError` as "FILE, line N: problem"."""
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"{path}: not a UTF-8 text file ({exc.reason} at byte {exc.start})") from None
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read ({exc.strerror or exc})") from None
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError(yaml_error_line(exc, path)) from None
-
-
-def yaml_error_line(exc: Exception, path: Path | str | None = None) -> str:
-    """One line for a YAML parse error: "FILE, line N, column M: problem"."""
-    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
-    where = f"{path or 'YAML'}"
-    if mark is not None:
-        where += f", line {mark.line + 1}, column {mark.column + 1}"
-    problem = getattr(exc, "problem", None) or getattr(exc, "context", None) or str(exc).splitlines()[0]
-    return f"{where}: YAML syntax error: {problem}"
 
 
 def _short(value: Any) -> str:
@@ -517,6 +510,14 @@ def check_seed(value: int, key: str) -> None:
     """Seeds go to torch, numpy and random alike: an integer in [0, 2**32 - 1]."""
     if not 0 <= value < 2**32:
         raise ConfigError(f"{key}: must be in [0, 2**32 - 1], got {value}")
+
+
+def check_folder_name(value: str, key: str) -> None:
+    """Experiment, run and sweep names become one folder of the runs directory: one path component,
+    not empty, without a path separator, not starting with a dot (".", "..", hidden and temporary folders)."""
+    if not value or "/" in value or "\\" in value or "\0" in value or value.startswith(".") or len(value.encode()) > 255:
+        raise ConfigError(f"{key}: {value!r} is not a folder name (one path component: no '/', not empty, "
+                          f"not starting with '.', at most 255 bytes)")
 
 
 def check_positive(obj: Any, *names: str, prefix: str = "") -> None:

@@ -78,6 +78,8 @@ def train(
         raw_model = raw_model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(raw_model, cfg.optim)
     scheduler = build_scheduler(optimizer, cfg.sched, task.total_steps(cfg.train))
+    # the kind's callbacks are made now: an OOD set that cannot be read stops the command before the run folder exists
+    kind_callbacks = kind.callbacks(cfg, data, data_root) if main else []
     generator = torch.Generator().manual_seed(cfg.seed)
     early = EarlyStopping(cfg.train.monitor, cfg.train.patience, cfg.train.min_delta, cfg.train.monitor_mode)
     state = FitState(origin=origin)
@@ -110,8 +112,7 @@ def train(
     if main:
         label = f"{cfg.name}-{run.name}"
         tracker = make_tracker(cfg.track.tracker, str(run.path), label, cfg.track.project, to_dict(cfg), state.epoch)
-    if main:
-        callbacks = [*callbacks, *kind.callbacks(cfg, data, data_root)]
+    callbacks = [*callbacks, *kind_callbacks]
     params = count_parameters(raw_model)
     if main:
         print(

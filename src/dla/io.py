@@ -51,11 +51,13 @@ def atomic_text(path: Path, text: str) -> None:
 
 
 @contextlib.contextmanager
-def atomic_dir(path: Path) -> Iterator[Path]:
+def atomic_dir(path: Path, replace: bool = False) -> Iterator[Path]:
     """Yield a temporary sibling folder to fill; on success it replaces `path` (merged over what was there).
 
     Files already in `path` that the command did not write are kept; files it wrote replace
-    theirs. On any failure the temporary folder is removed and `path` is left as it was.
+    theirs. With `replace`, the filled folder takes the place of `path` whole (renamed into place;
+    the old folder is removed after): the caller has put into it whatever of the old one should
+    stay. On any failure the temporary folder is removed and `path` is left as it was.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -64,7 +66,17 @@ def atomic_dir(path: Path) -> Iterator[Path]:
     tmp.mkdir()
     try:
         yield tmp
-        if path.is_dir():
+        if replace and path.is_dir():
+            old = path.with_name(f".{path.name}.old-{os.getpid()}")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(path, old)
+            try:
+                os.replace(tmp, path)
+            except BaseException:
+                os.replace(old, path)
+                raise
+            shutil.rmtree(old)
+        elif path.is_dir():
             for item in tmp.rglob("*"):
                 if item.is_file():
                     target = path / item.relative_to(tmp)

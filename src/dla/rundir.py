@@ -121,15 +121,16 @@ class RunDir:
 
     def read_metrics(self) -> list[dict[str, Any]]:
         """The records of metrics.jsonl. A torn last line (a crash mid-write) is skipped and remembered
-        (see `torn_metrics`); an unparsable line before the last is an error naming file and line."""
+        (see `torn_metrics`); an unparsable line before the last, or a record whose values are not
+        numbers (epoch and step integers; true, false and null allowed), is an error naming file and line."""
         self._torn = False
         if not self.metrics.is_file():
             return []
-        lines = [(n, line) for n, line in enumerate(self.metrics.read_text().splitlines(), 1) if line.strip()]
+        lines = [(n, line) for n, line in enumerate(self.metrics.read_bytes().splitlines(), 1) if line.strip()]
         records = []
         for i, (n, line) in enumerate(lines):
             try:
-                record = json.loads(line)
+                record = json.loads(line.decode("utf-8"))  # a UnicodeDecodeError is a ValueError
                 if not isinstance(record, dict):
                     raise ValueError("not a JSON object")
             except ValueError:
@@ -137,6 +138,8 @@ class RunDir:
                     self._torn = True
                     break
                 raise DlaError(f"{self.metrics}:{n}: not a JSON object; the file is damaged") from None
+            if problem := _record_problem(record):
+                raise DlaError(f"{self.metrics}:{n}: {problem}; the file is damaged")
             records.append(record)
         return records
 
@@ -151,7 +154,27 @@ class RunDir:
         atomic_write(self.summary, lambda tmp: tmp.write_text(text))
 
     def read_summary(self) -> dict[str, Any]:
-        return json.loads(self.summary.read_text()) if self.summary.is_file() else {}
+        """summary.json ({} when there is none yet); a damaged one is an error naming it."""
+        if not self.summary.is_file():
+            return {}
+        try:
+            summary = json.loads(self.summary.read_bytes().decode("utf-8"))
+        except ValueError:  # not JSON, or not UTF-8
+            raise DlaError(f"{self.summary}: not valid JSON; the file is damaged") from None
+        if not isinstance(summary, dict):
+            raise DlaError(f"{self.summary}: not a JSON object (got {json.dumps(summary)[:40]}); the file is damaged")
+        return summary
+
+
+def _record_problem(record: dict[str, Any]) -> str | None:
+    """What is wrong with a metrics record's values, or None."""
+    for key, value in record.items():
+        if key in ("epoch", "step"):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                return f"{key} is {value!r}, not a whole number >= 0"
+        elif value is not None and not isinstance(value, (int, float)):
+            return f"{key} is {value!r}, not a number"
+    return None
 
 
 def find_runs(paths: list[str | Path]) -> list[RunDir]:

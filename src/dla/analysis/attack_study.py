@@ -43,16 +43,27 @@ def default_epsilons(method: str, channels: int) -> list[float]:
     return [i / 255 for i in (0, 1, 2, 4, 8, 16, 32)]
 
 
-def c_values(c: float | Sequence[float]) -> tuple[float, ...]:
-    """CW's c as a tuple: one number or several."""
+STEPS_METHODS = ("pgd", "cw")  # FGSM is one step; AutoAttack runs its own budgets
+DEFAULT_C = 1.0
+
+
+def c_values(c: float | Sequence[float] | None) -> tuple[float, ...]:
+    """CW's c as a tuple: one number or several (None: the default, 1)."""
+    c = DEFAULT_C if c is None else c
     return (float(c),) if isinstance(c, (int, float)) else tuple(float(v) for v in c)
 
 
 def check_attack_args(method: str, epsilons: Sequence[float] | None, steps: int | None, n: int,
-                      target: int | str | None = None, c: float | Sequence[float] = 1.0) -> None:
-    """The ranges `run_attack` accepts (the command line checks them too, as it parses)."""
+                      target: int | str | None = None, c: float | Sequence[float] | None = None) -> None:
+    """The ranges `run_attack` accepts (the command line checks them too, as it parses), and no option
+    that the method would ignore: --steps is for pgd and cw, --c for cw, --target for fgsm and pgd."""
     if method not in METHODS:
         raise DlaError(f"unknown attack {method!r}; valid: {', '.join(METHODS)}")
+    if steps is not None and method not in STEPS_METHODS:
+        raise DlaError(f"--steps: applies to --method {' and '.join(STEPS_METHODS)}, not {method}"
+                       + (" (one step)" if method == "fgsm" else " (its attacks keep their own budgets)"))
+    if c is not None and method != "cw":
+        raise DlaError(f"--c: applies to --method cw only, not {method}")
     if epsilons is not None:
         if not epsilons or any(not math.isfinite(e) or e < 0 for e in epsilons):
             raise DlaError(f"--eps: every value must be a finite number >= 0, got {list(epsilons)}")
@@ -63,7 +74,8 @@ def check_attack_args(method: str, epsilons: Sequence[float] | None, steps: int 
     if n < 1:
         raise DlaError(f"--n: must be >= 1, got {n}")
     if target is not None and method not in TARGETED_METHODS:
-        raise DlaError(f"--target: targeted attacks are {' and '.join(TARGETED_METHODS)}, not {method}")
+        raise DlaError(f"--target: applies to --method {' and '.join(TARGETED_METHODS)} (the targeted attacks), "
+                       f"not {method}")
     cs = c_values(c)
     if not cs or any(not (math.isfinite(v) and v > 0) for v in cs):
         raise DlaError(f"--c: every value must be a finite number > 0, got {list(cs)}")
@@ -73,7 +85,7 @@ TARGETED_COLUMNS = (*COLUMNS, ("target success (%)", "success", "pct"))
 
 
 def run_attack(run: RunDir, method: str, epsilons: Sequence[float] | None, steps: int | None, n: int,
-               data_root: Path, target: int | str | None = None, c: float | Sequence[float] = 1.0) -> dict[str, Any]:
+               data_root: Path, target: int | str | None = None, c: float | Sequence[float] | None = None) -> dict[str, Any]:
     """Attack `n` test images of an image-classifier run at each eps; write RUN/attack/ atomically.
 
     With `target` (a class index, "random" or "least-likely") the attack is targeted; images whose

@@ -23,8 +23,7 @@ from dla.kind import require_command
 from dla.data.batches import to_unit_float
 from dla.data.ood import (
     check_set_names,
-    expand_groups,
-    grouped_set_images,
+    load_sets,
     ood_set_images,
     sample,
     user_set_label,
@@ -103,14 +102,16 @@ def run_ood(
     unknown = [d for d in detectors if d not in ood.DETECTORS]
     if unknown or not detectors:
         raise DlaError(f"--detectors: unknown detector {unknown[0] if unknown else ''!r}; valid: {', '.join(ood.DETECTORS)}")
+    if len(set(detectors)) < len(detectors):
+        raise DlaError(f"--detectors: {next(d for d in detectors if detectors.count(d) > 1)} is named twice")
     check_ood_args(run, ood_sets, n, odin_t, odin_eps)
+    sets = load_sets(load_run_config(run), ood_sets, data_root, n, seed)
     model, cfg = load_run_model(run)
     data = load_data(cfg, data_root)
     x_id = to_unit_float(sample(data.test, n, seed).x)
     fitted = fit_detectors(model, data, detectors, seed)
-    entries = expand_groups(cfg, ood_sets)
     with atomic_dir(run.path / "ood") as out:
-        rows = _score_sets(model, cfg, data, x_id, fitted, entries, detectors, data_root, n, odin_t, odin_eps, seed, out)
+        rows = _score_sets(model, data, x_id, fitted, sets, detectors, odin_t, odin_eps, out)
         header = f"ID: {data.test_source} test split ({len(x_id)} images); run {run.path}; higher score = more ID\n\n"
         grouped = any(r.get("group") for r in rows)
         text = header + markdown_table(rows, [c for c in OOD_COLUMNS if grouped or c[1] != "group"])
@@ -143,13 +144,10 @@ def group_means(rows: list[dict], detectors: list[str]) -> str:
     return markdown_table(table, columns)
 
 
-def _score_sets(model, cfg, data, x_id, fitted, entries, detectors, data_root, n, odin_t, odin_eps, seed, out):
+def _score_sets(model, data, x_id, fitted, sets, detectors, odin_t, odin_eps, out):
     id_scores = {d: detector_scores(d, model, x_id, fitted, odin_t, odin_eps) for d in detectors}
     rows = []
-    for path, group in entries:
-        x_ood = grouped_set_images(path, group, cfg, data_root, n, seed)
-        if x_ood is None:
-            continue
+    for path, group, x_ood in sets:
         name = user_set_label(path)
         pairs = {}
         for d in detectors:
@@ -164,6 +162,15 @@ def _score_sets(model, cfg, data, x_id, fitted, entries, detectors, data_root, n
     return rows
 
 
+def run_odin_grids(run: RunDir, ood_sets: list[str], data_root: Path, n: int = 1000, seed: int = 0) -> list[dict]:
+    """`run_odin_grid` for each set, every set read before the first grid runs."""
+    check_ood_args(run, ood_sets, n)
+    if {"near", "far"} & set(ood_sets):
+        raise DlaError("--odin-grid: name the OOD sets (e.g. --ood heldout), not the groups near/far")
+    sets = load_sets(load_run_config(run), ood_sets, data_root, n, seed)
+    return [run_odin_grid(run, name, data_root, n, seed=seed, x_ood=x) for name, _, x in sets]
+
+
 def run_odin_grid(
     run: RunDir,
     ood_set: str,
@@ -172,22 +179,24 @@ def run_odin_grid(
     temperatures=ODIN_TEMPERATURES,
     epsilons=ODIN_EPSILONS,
     seed: int = 0,
+    x_ood: torch.Tensor | None = None,
 ) -> dict:
-    """The T x eps grid; the best cell is chosen on a validation half of ID and OOD, reported on the test half."""
+    """The T x eps grid; the best cell is chosen on a validation half of ID and OOD, reported on the test half.
+    `x_ood`: the set's images, when already read."""
     check_ood_args(run, [ood_set], n)
     if n < 2:
         raise DlaError(f"--n: the ODIN grid splits the images into two halves: needs >= 2, got {n}")
     with atomic_dir(run.path / "ood") as out:
-        result, text = _odin_grid(run, ood_set, data_root, n, temperatures, epsilons, seed, out)
+        result, text = _odin_grid(run, ood_set, data_root, n, temperatures, epsilons, seed, out, x_ood)
     print(text, end="")
     return result
 
 
-def _odin_grid(run, ood_set, data_root, n, temperatures, epsilons, seed, out):
+def _odin_grid(run, ood_set, data_root, n, temperatures, epsilons, seed, out, x_ood=None):
     model, cfg = load_run_model(run)
     data = load_data(cfg, data_root)
     x_id = to_unit_float(sample(data.test, n, seed).x)
-    x_ood = ood_set_images(ood_set, cfg, data_root, n, seed)
+    x_ood = ood_set_images(ood_set, cfg, data_root, n, seed) if x_ood is None else x_ood
     grid = ood.odin_grid(model, torch.cat([x_id, x_ood]), temperatures, epsilons)
     halves = {"val": slice(0, None, 2), "test": slice(1, None, 2)}  # alternate images, so both halves mix alike
     metrics = {}  # (T, eps) -> half -> every metric

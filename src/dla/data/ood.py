@@ -191,8 +191,15 @@ def expand_groups(cfg, entries: list[str]) -> list[tuple[str, str | None]]:
 HELDOUT_NEEDS_CLASSES = "heldout needs a run trained with data.classes=[...] (e.g. [0,1,2,3,4,5])"
 
 
+def default_ood_set(cfg) -> str:
+    """`dla ood`'s set when --ood is not given: MNIST, or Fashion-MNIST for a run trained on MNIST."""
+    return "fashion-mnist" if cfg.data.name == "mnist" else "mnist"
+
+
 def check_set_names(cfg, ood_sets: list[str], option: str = "--ood") -> None:
-    """Every OOD set name (or group, or user folder / .npz) valid for this run's config."""
+    """Every OOD set name (or group, or user folder / .npz) valid for this run's config: known, not the
+    run's own data set (its test images are in-distribution: scoring them as OOD measures nothing, an
+    AUROC near 0.5 by construction), and each set once."""
     if "heldout" in ood_sets and not cfg.data.classes:
         raise DlaError(f"{option} {HELDOUT_NEEDS_CLASSES}")
     valid = ", ".join((*OOD_SETS, "heldout", "near", "far"))
@@ -201,7 +208,15 @@ def check_set_names(cfg, ood_sets: list[str], option: str = "--ood") -> None:
     unknown = [s for s in ood_sets if s not in (*OOD_SETS, "heldout", "near", "far") and not is_user_set(s)]
     if unknown:
         raise DlaError(f"{option}: unknown OOD set {unknown[0]!r}; valid: {valid}, or a folder of images or an .npz file")
-    expand_groups(cfg, ood_sets)
+    if cfg.data.name in ood_sets:
+        held = "heldout (the classes it never saw)" if cfg.data.classes else "e.g. " + default_ood_set(cfg)
+        raise DlaError(f"{option} {cfg.data.name}: the run was trained on {cfg.data.name}, so its images are "
+                       f"in-distribution, not OOD; choose another set: {held}")
+    labels = [user_set_label(name) for name, _ in expand_groups(cfg, ood_sets)]
+    twice = next((label for label in labels if labels.count(label) > 1), None)
+    if twice:
+        raise DlaError(f"{option}: the OOD set {twice} comes twice (named again, in a group, or two user sets of "
+                       f"that name); give each once")
     for s in ood_sets:
         if is_user_set(s):
             check_user_set(s)
@@ -217,6 +232,24 @@ def ood_set_images(name: str, cfg, data_root: Path, n: int, seed: int) -> torch.
     if is_user_set(name):
         return user_images(name, get_spec(cfg.data.name).shape, n, seed)
     return ood_images(name, get_spec(cfg.data.name).shape, data_root, n, seed, cfg.data.download)
+
+
+def load_sets(cfg, ood_sets: list[str], data_root: Path, n: int, seed: int) -> list[tuple[str, str | None, torch.Tensor]]:
+    """(set, group, images) of every --ood entry, groups expanded: all of them read before the first is scored,
+    so a damaged or missing set fails before any work. A group none of whose sets can be had is an error."""
+    loaded, skipped = [], {}
+    for name, group in expand_groups(cfg, ood_sets):
+        x = grouped_set_images(name, group, cfg, data_root, n, seed)
+        if x is None:
+            skipped.setdefault(group, []).append(name)
+        else:
+            loaded.append((name, group, x))
+    for group, names in skipped.items():
+        if not any(g == group for _, g, _ in loaded):
+            raise DlaError(f"--ood {group}: none of its sets for {cfg.data.name} could be had ({', '.join(names)}: "
+                           f"not on disk, and no network); offline, use a run trained with data.classes=[...] and "
+                           f"--ood heldout, or name sets that are on disk")
+    return loaded
 
 
 def grouped_set_images(name: str, group: str | None, cfg, data_root: Path, n: int, seed: int) -> torch.Tensor | None:

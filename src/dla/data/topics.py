@@ -122,12 +122,27 @@ def stratified_split(labels: np.ndarray, sizes: list[int], seed: int) -> list[np
         raise DataError(f"split sizes {sizes} add up to {sum(sizes)}, more than the {len(labels)} rows")
     rest = np.arange(len(labels))
     if sum(sizes) < len(rest):  # first a stratified subset of the total size
+        _check_stratifiable(labels[rest], sum(sizes), sizes)
         rest, _ = train_test_split(rest, train_size=sum(sizes), stratify=labels[rest], random_state=seed)
     parts = []
     for size in sizes[:-1]:
+        _check_stratifiable(labels[rest], size, sizes)
         take, rest = train_test_split(rest, train_size=size, stratify=labels[rest], random_state=seed)
         parts.append(np.sort(take))
     return [*parts, np.sort(rest)]
+
+
+def _check_stratifiable(labels: np.ndarray, size: int, sizes: list[int]) -> None:
+    """What scikit-learn's stratified split of `labels` into `size` and the rest needs: two or more rows of
+    each class, and each side at least one row per class."""
+    classes, counts = np.unique(labels, return_counts=True)
+    if counts.min() < 2:
+        raise DataError(f"split sizes {sizes}: a stratified split needs at least 2 rows of each class, and class "
+                        f"{classes[counts.argmin()] + 1} has {counts.min()} of the {len(labels)} left to split; "
+                        f"use more rows or fewer parts")
+    if min(size, len(labels) - size) < len(classes):
+        raise DataError(f"split sizes {sizes}: splitting {len(labels)} rows into {size} and {len(labels) - size} "
+                        f"leaves a part with fewer rows than the {len(classes)} classes; each part needs one of each")
 
 
 def _take(texts: list[str], labels: np.ndarray, idx: np.ndarray) -> Split:

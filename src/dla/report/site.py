@@ -17,16 +17,17 @@ nothing is trained or evaluated.
 from __future__ import annotations
 
 import json
+import os
 import re
 import shlex
 import shutil
 import statistics
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
 
 from dla.errors import DlaError
 from dla.kind import RunKind, legacy_kind, registered
@@ -34,6 +35,7 @@ from dla.io import atomic_dir, unique_name
 from dla.report.html import CSS, JS, esc, fmt, markdown, markdown_rows, page, sort_key, table
 from dla.report.tables import markdown_table, run_columns
 from dla.rundir import RunDir, find_runs
+from dla.yamlfile import read_yaml
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".gif", ".svg", ".webp")
 ARTEFACT_FOLDERS = ("plots", "ood", "attack", "cam")  # shown in this order, each under its own heading
@@ -118,17 +120,96 @@ class SiteResult:
 
 
 def load_run(run: RunDir) -> Run:
-    try:
-        config = yaml.safe_load(run.config.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise DlaError(f"{run.config}: not valid YAML ({str(exc).splitlines()[0]})") from None
-    try:
-        summary = run.read_summary()
-    except ValueError:
-        raise DlaError(f"{run.summary}: not valid JSON; the file is damaged") from None
+    """What the report shows of a run; a damaged config.yaml, summary.json or metrics.jsonl raises a
+    `DlaError` naming the file."""
+    config = read_yaml(run.config) or {}  # not UTF-8 or not YAML: "FILE: ..."
+    summary = run.read_summary()
     history = run.read_metrics()
     config = config if isinstance(config, dict) else {}
     return Run(run, config, summary, history, run.torn_metrics(), run_kind(config, summary))
+
+
+def load_runs(paths: list[str | Path]) -> list[Run]:
+    """Every run under `paths`; a run with a damaged file is left out with a warning line naming the file."""
+    runs = []
+    for run in find_runs(paths):
+        try:
+            runs.append(load_run(run))
+        except DlaError as exc:
+            print(f"dla: warning: {' '.join(str(exc).split())}; run left out of the report", file=sys.stderr)
+            continue
+        if runs[-1].torn:
+            print(f"dla: warning: {run.metrics}: its last line is torn (a crash mid-write); the run is shown "
+                  "without it, marked torn metrics", file=sys.stderr)
+    if not runs:
+        raise DlaError(f"no readable run under {', '.join(map(str, paths))}: each has a damaged file (above)")
+    return runs
+
+
+REPORT_MARKER = ".dla-report"  # in every report folder: the files dla wrote there, the only ones a rebuild replaces
+
+
+def check_report_out(out: str | Path) -> set[str]:
+    """Check that `out` can take a report before any work: a new folder, an empty one or a dla report
+    (with its marker file). Returns the files the report already there wrote (relative, POSIX)."""
+    out = Path(out)
+    target = out.resolve()
+    here = Path.cwd().resolve()
+    if target == here or target in here.parents:
+        raise DlaError(f"--out {out}: the current folder, or one above it, cannot become a report; name a new folder")
+    for folder in (target, *target.parents):
+        if folder.exists():
+            if not folder.is_dir():
+                raise DlaError(f"--out {out}: " + ("a file, not a folder" if folder == target else
+                                                   f"{folder} is a file, not a folder"))
+            break
+    if not target.exists():
+        return set()
+    marker = target / REPORT_MARKER
+    try:
+        if not marker.is_file():
+            if any(target.iterdir()):
+                raise DlaError(f"--out {out}: a folder that is not a dla report (it has no {REPORT_MARKER} file); "
+                               "dla report replaces only a report it wrote: choose a new or empty folder")
+            return set()
+        files = json.loads(marker.read_text(encoding="utf-8"))["files"]
+    except OSError as exc:
+        raise DlaError(f"--out {out}: cannot read the folder ({exc.strerror or exc})") from None
+    except (ValueError, TypeError, KeyError):
+        files = None
+    if not isinstance(files, list) or not all(isinstance(f, str) for f in files):
+        raise DlaError(f"{marker}: a damaged report marker; remove {out} or choose another --out")
+    return set(files)
+
+
+def _keep_foreign(out: Path, tmp: Path, ours: set[str], written: set[str]) -> None:
+    """Put into the new report `tmp` (hard links, else copies) every file and empty folder of the old report
+    `out` that no report wrote (the user's): replacing the folder then deletes only what dla wrote."""
+    if not out.is_dir():
+        return
+    for dirpath, dirnames, filenames in os.walk(out):
+        here = Path(dirpath)
+        rel_dir = here.relative_to(out)
+        entries = [*filenames, *(d for d in dirnames if (here / d).is_symlink())]
+        if not entries and not dirnames and rel_dir != Path(".") and not any(
+                f.startswith(f"{rel_dir.as_posix()}/") for f in ours):
+            (tmp / rel_dir).mkdir(parents=True, exist_ok=True)  # a folder of the user's, empty
+        for name in entries:
+            rel = (rel_dir / name).as_posix()
+            if rel in ours or rel == REPORT_MARKER:
+                continue
+            dst = tmp / rel
+            try:
+                if rel in written or dst.exists() or dst.is_symlink():
+                    raise FileExistsError
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                try:
+                    os.link(here / name, dst, follow_symlinks=False)
+                except OSError:
+                    shutil.copy2(here / name, dst, follow_symlinks=False)
+            except OSError:
+                raise DlaError(f"{out / rel}: a file dla report did not write, where the new report writes its own; "
+                               "move it, then run the report again") from None
 
 
 def group_studies(runs: list[Run]) -> list[Study]:
@@ -137,9 +218,8 @@ def group_studies(runs: list[Run]) -> list[Study]:
     for run in runs:
         folder = run.dir.path.parent
         if folder not in studies:
-            sweep_file = folder / "sweep.yaml"
-            sweep = yaml.safe_load(sweep_file.read_text()) if sweep_file.is_file() else None
-            studies[folder] = Study(folder, sweep=sweep if isinstance(sweep, dict) and "sweep" in sweep else None)
+            sweep = _read_sweep(folder / "sweep.yaml")
+            studies[folder] = Study(folder, sweep=sweep)
         run.name = run.dir.name
         studies[folder].runs.append(run)
     used: set[str] = set()
@@ -149,6 +229,24 @@ def group_studies(runs: list[Run]) -> list[Study]:
         for run in study.runs:
             run.slug = unique_name(_slug(f"{study.title}-{run.name}"), used)
     return list(studies.values())
+
+
+def _read_sweep(path: Path) -> dict[str, Any] | None:
+    """A sweep folder's sweep.yaml, or None (no sweep, or a damaged file: the folder is shown as a plain study)."""
+    if not path.is_file():
+        return None
+    try:
+        sweep = read_yaml(path)
+    except DlaError as exc:
+        print(f"dla: warning: {' '.join(str(exc).split())}; its folder is shown as a plain study", file=sys.stderr)
+        return None
+    grid = sweep.get("grid") or {} if isinstance(sweep, dict) else None
+    if (not isinstance(sweep, dict) or "sweep" not in sweep or not isinstance(grid, dict)
+            or not all(isinstance(v, list) for v in grid.values()) or not isinstance(sweep.get("overrides") or [], list)):
+        print(f"dla: warning: {path}: not a sweep record (sweep, base, grid); its folder is shown as a plain study",
+              file=sys.stderr)
+        return None
+    return sweep
 
 
 def _natural(text: str) -> list[Any]:
@@ -175,10 +273,12 @@ def best_run(study: Study) -> Run | None:
 
 def build_site(paths: list[str | Path], out: str | Path) -> SiteResult:
     """Write the report folder `out` (atomically) from the runs under `paths`; return its index.html."""
-    runs = [load_run(r) for r in find_runs(paths)]
-    studies = group_studies(runs)
     out = Path(out)
-    with atomic_dir(out) as tmp:
+    out = out.resolve() if out.is_symlink() else out
+    ours = check_report_out(out)
+    runs = load_runs(paths)
+    studies = group_studies(runs)
+    with atomic_dir(out, replace=True) as tmp:
         assets = tmp / "assets"
         assets.mkdir()
         from plotly.offline import get_plotlyjs
@@ -193,13 +293,9 @@ def build_site(paths: list[str | Path], out: str | Path) -> SiteResult:
             for run in study.runs:
                 (tmp / "run" / f"{run.slug}.html").write_text(run_page(run, study, tmp))
         (tmp / "index.html").write_text(index_page(studies, paths))
-        written = {p.relative_to(tmp) for p in tmp.rglob("*") if p.is_file()}
-    for folder in ("study", "run", "files"):  # pages and copies of runs no longer reported; other files stay
-        for path in sorted((out / folder).rglob("*"), reverse=True):
-            if path.is_file() and path.relative_to(out) not in written:
-                path.unlink()
-            elif path.is_dir() and not any(path.iterdir()):
-                path.rmdir()
+        written = sorted(p.relative_to(tmp).as_posix() for p in tmp.rglob("*") if p.is_file())
+        (tmp / REPORT_MARKER).write_text(json.dumps({"dla_report": 1, "files": written}, indent=0) + "\n")
+        _keep_foreign(out, tmp, ours, set(written))  # pages of runs no longer reported go; the user's files stay
     rows = [{**r.summary, "name": r.dir.label} for r in runs]
     return SiteResult(out / "index.html", markdown_table(rows, run_columns(rows)))
 
@@ -372,7 +468,7 @@ def run_page(run: Run, study: Study, root: Path) -> str:
         parts.append("<h2>Summary</h2>" + f'<details open><summary>summary.json</summary>'
                      f'{table(["key", "value"], summary_rows, "plain")}</details>')
     parts.append("<h2>Config</h2><details><summary>config.yaml (resolved)</summary><pre>"
-                 + esc(run.dir.config.read_text()) + "</pre></details>")
+                 + esc(run.dir.config.read_text(errors="replace")) + "</pre></details>")
     crumbs = [(study.title, f"../study/{study.slug}.html"), (run.name, "")]
     return page(run.dir.label, "\n".join(parts), depth=1, plotly=plotly, crumbs=crumbs)
 
@@ -510,15 +606,19 @@ def gradient_flow(runs: list[Run]) -> str:
         if not path.is_file():
             continue
         records = []
-        for line in path.read_text().splitlines():
+        for line in path.read_bytes().splitlines():
             try:
-                records.append(json.loads(line))
+                record = json.loads(line.decode("utf-8"))
             except ValueError:
-                continue  # a torn line: gradients are a diagnostic, the others still tell the story
+                continue  # a torn or damaged line: gradients are a diagnostic, the others still tell the story
+            layers = record.get("layers") if isinstance(record, dict) else None
+            if isinstance(layers, dict) and all(isinstance(v, dict) and isinstance(v.get("grad"), (int, float))
+                                                and not isinstance(v.get("grad"), bool) for v in layers.values()):
+                records.append(record)
         layers = list(records[0]["layers"]) if records else []
         if not layers:
             continue
-        medians = [statistics.median(r["layers"][n]["grad"] for r in records if n in r.get("layers", {})) for n in layers]
+        medians = [statistics.median(r["layers"][n]["grad"] for r in records if n in r["layers"]) for n in layers]
         fig.add_trace(go.Scatter(x=list(range(1, len(layers) + 1)), y=medians, text=layers, mode="lines+markers",
                                  name=run.name, line={"color": PALETTE[i % len(PALETTE)]},
                                  hovertemplate=f"{esc(run.name)}<br>layer %{{x}} (%{{text}})<br>median grad norm %{{y:.3g}}<extra></extra>"))

@@ -13,15 +13,17 @@ def format_cell(value: Any, kind: str, missing: str = "-") -> str:
     if value is None or value == "":
         return missing
     try:
-        if kind == "pct":
+        if isinstance(value, str):
+            pass  # text as it is (a damaged summary's "high" would repeat 100 times as a percentage)
+        elif kind == "pct":
             return f"{100 * value:.2f}"
-        if kind == "float":
+        elif kind == "float":
             return f"{value:.4f}"
-        if kind == "sci":
+        elif kind == "sci":
             return f"{value:.3g}"
-        if kind == "int":
+        elif kind == "int":
             return f"{int(value):,}"
-        if kind == "time":
+        elif kind == "time":
             return f"{value:.1f}"
     except (TypeError, ValueError):
         pass

@@ -89,12 +89,24 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=betas)
 
 
+def cycles_momentum(optimizer: torch.optim.Optimizer) -> bool:
+    """Whether one-cycle also cycles momentum (SGD) or beta1 (Adam, AdamW, Lion) inversely to the lr, as
+    torch does by default. Not for an optimiser without one to cycle: SGD with momentum 0 (it would gain
+    momentum) and Muon + AdamW (`Optimizers`, whose groups hold both kinds), which keep their own."""
+    defaults = optimizer.defaults
+    return "betas" in defaults or defaults.get("momentum", 0) > 0
+
+
 def build_scheduler(optimizer: torch.optim.Optimizer, cfg: SchedConfig, total_steps: int):
     """A per-step schedule: one-cycle, linear warm-up then cosine or linear decay, or constant."""
     if cfg.name == "onecycle":
         base = [g["lr"] for g in optimizer.param_groups]
+        total, pct = max(total_steps, 2), max(cfg.warmup_frac, 1e-3)
+        if math.isclose(pct * total, 1.0):  # a warm-up of exactly one step is a zero-length phase (0/0) in torch
+            pct = 1.5 / total
         return torch.optim.lr_scheduler.OneCycleLR(
-            optimizer, max_lr=base, total_steps=max(total_steps, 2), pct_start=max(cfg.warmup_frac, 1e-3)
+            optimizer, max_lr=base, total_steps=total, pct_start=pct,
+            cycle_momentum=cycles_momentum(optimizer),
         )
     warmup = int(cfg.warmup_frac * total_steps) if cfg.name in ("cosine", "linear") else 0
 
