@@ -60,7 +60,7 @@ def test_every_library_method_runs_on_the_original_head():
 def test_cli_methods_are_the_analysis_methods():
     from dla.analysis.cam import METHODS
 
-    assert CAM_METHODS == METHODS
+    assert tuple(CAM_METHODS) == tuple(METHODS)
 
 
 @pytest.mark.parametrize("kind", ["mlp", "mlp-bn", "original", "original-skip", "gap", "gap-skip"])

@@ -97,20 +97,29 @@ def cw_l2(model: nn.Module, x: torch.Tensor, y: torch.Tensor, c: float = 1.0, st
     return torchattacks.CW(model, c=c, kappa=kappa, steps=steps, lr=lr)(x, y).detach()
 
 
+def _autoattack(model, x, y, eps, steps, alpha, targeted, c):
+    with torch.no_grad():
+        num_classes = model(x[:1]).shape[1]
+    return autoattack(model, x, y, eps, num_classes)
+
+
+# Every attack by name, the one list (`dla attack --method`, its --help and the study read it):
+# (model, x, y, eps, steps, alpha, targeted, c) -> adversarial x.
+ATTACKS = {
+    "fgsm": lambda model, x, y, eps, steps, alpha, targeted, c: fgsm(model, x, y, eps, targeted=targeted),
+    "pgd": lambda model, x, y, eps, steps, alpha, targeted, c: pgd(
+        model, x, y, eps, alpha, steps, targeted=targeted, generator=torch.Generator().manual_seed(0)),
+    "autoattack": _autoattack,
+    "cw": lambda model, x, y, eps, steps, alpha, targeted, c: cw_l2(model, x, y, c=c, steps=steps),
+}
+
+
 def attack(method: str, model: nn.Module, x, y, eps: float, steps: int = 10, alpha: float | None = None,
            targeted: bool = False, c: float = 1.0):
     """`method` at radius eps; untargeted, `y` are the true labels; targeted, `y` are the targets
     (fgsm and pgd only). For cw, eps is not a budget and `steps`, `c` are its own."""
-    if method == "cw":
-        return cw_l2(model, x, y, c=c, steps=steps)
-    if eps == 0:
+    if method not in ATTACKS:
+        raise ValueError(f"unknown attack {method!r}; valid: {', '.join(ATTACKS)}")
+    if eps == 0 and method != "cw":
         return x
-    if method == "fgsm":
-        return fgsm(model, x, y, eps, targeted=targeted)
-    if method == "pgd":
-        return pgd(model, x, y, eps, alpha, steps, targeted=targeted, generator=torch.Generator().manual_seed(0))
-    if method == "autoattack":
-        with torch.no_grad():
-            num_classes = model(x[:1]).shape[1]
-        return autoattack(model, x, y, eps, num_classes)
-    raise ValueError(f"unknown attack {method!r}; valid: fgsm, pgd, autoattack, cw")
+    return ATTACKS[method](model, x, y, eps, steps, alpha, targeted, c)

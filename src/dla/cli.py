@@ -10,6 +10,7 @@ from pathlib import Path
 
 from dla import __version__
 from dla.cli_types import (
+    Registry,
     attack_target,
     canvas_int,
     eps_list,
@@ -18,6 +19,7 @@ from dla.cli_types import (
     nonneg_int,
     positive_float,
     positive_float_list,
+    name_list,
     positive_int,
     seed_int,
     size_list,
@@ -25,8 +27,10 @@ from dla.cli_types import (
 )
 from dla.errors import DlaError
 
-# dla.analysis.ood imports torch and scikit-learn; the names are repeated here so that --help stays fast
-DETECTOR_NAMES = ("msp", "maxlogit", "energy", "odin", "mahalanobis", "knn", "react", "vim", "ash", "gradnorm")
+# The registries' names, read when first needed (an option given, its --help printed), so that --help stays fast
+DETECTORS = Registry("dla.analysis.ood", "DETECTORS")
+ATTACKS = Registry("dla.attacks", "ATTACKS")
+CAM_METHODS = Registry("dla.analysis.cam", "METHODS")
 
 
 def _data_root(args: argparse.Namespace) -> Path:
@@ -164,8 +168,8 @@ def cmd_ood(args: argparse.Namespace) -> int:
     if args.odin_grid:
         run_odin_grids(run, sets, _data_root(args), n=args.n)
     else:
-        detectors = [d.strip() for d in args.detectors.split(",") if d.strip()]
-        run_ood(run, sets, detectors, _data_root(args), n=args.n, odin_t=args.odin_t, odin_eps=args.odin_eps)
+        run_ood(run, sets, args.detectors or list(DETECTORS), _data_root(args), n=args.n, odin_t=args.odin_t,
+                odin_eps=args.odin_eps)
     print(f"wrote {run.path / 'ood'}")
     _report_after(args, run.path)
     return 0
@@ -257,7 +261,6 @@ def cmd_data_import(args: argparse.Namespace) -> int:
     return 0
 
 
-CAM_METHODS = ("cam", "gradcam", "gradcam++", "scorecam")  # dla.analysis.cam.METHODS, without importing torch
 
 
 class Parser(argparse.ArgumentParser):
@@ -456,8 +459,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "data.classes run never saw), a folder of images or an .npz; online also svhn, cifar100; the "
                    "groups near and far (OpenOOD's split, with mean AUROC per group); not the run's own data set; "
                    "default mnist (fashion-mnist for a run trained on MNIST)")
-    p.add_argument("--detectors", default=",".join(DETECTOR_NAMES),
-                   help=f"comma-separated (default all): {', '.join(DETECTOR_NAMES)}")
+    p.add_argument("--detectors", type=name_list(DETECTORS, "detector"), choices=DETECTORS, metavar="LIST",
+                   help="comma-separated (default all): %(choices)s")
     p.add_argument("--n", type=positive_int, default=2000, help="images per set (default 2000)")
     p.add_argument("--odin-t", type=positive_float, default=1000.0, help="ODIN temperature (> 0)")
     p.add_argument("--odin-eps", type=nonneg_float, default=0.0014, help="ODIN input perturbation (>= 0)")
@@ -468,8 +471,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("attack", help="accuracy under FGSM, PGD, AutoAttack or Carlini-Wagner attack: table, plot, "
                        "gallery (Lab 3.2)")
     p.add_argument("run", help="run directory")
-    p.add_argument("--method", choices=["fgsm", "pgd", "autoattack", "cw"], default="fgsm",
-                   help="fgsm, pgd (ours), autoattack (standard version), cw (Carlini-Wagner L2), via torchattacks")
+    p.add_argument("--method", choices=ATTACKS, default="fgsm", metavar="METHOD",
+                   help="%(choices)s: fgsm and pgd are ours, autoattack (the standard version) and cw (Carlini-Wagner "
+                   "L2) via torchattacks (default fgsm)")
     p.add_argument("--eps", type=eps_list, default=None,
                    help="comma-separated, e.g. 0,8/255: L-infinity radii in [0, 1] (default fgsm/pgd 0 to 32/255; "
                    "autoattack 8/255 for colour, 0.1 for grey images); for cw, L2 radii (default 0,0.1,0.25,0.5,1,2)")
@@ -490,8 +494,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("cam", help="class activation maps of a CNN run: overlays, a gallery, the pointing game (Lab 1.2.3)")
     p.add_argument("run", help="run directory of a CNN (model.head=gap for --method cam)")
     p.add_argument("images", nargs="*", help="PNG or JPEG files; none: a gallery of test images")
-    p.add_argument("--method", choices=CAM_METHODS, help="default: cam on a GAP net, else gradcam; "
-                   "--pointing-game: every method that applies")
+    p.add_argument("--method", choices=CAM_METHODS, metavar="METHOD", help="%(choices)s; default: cam on a GAP net, "
+                   "else gradcam; --pointing-game: every method that applies")
     p.add_argument("--class", dest="cls", type=nonneg_int, help="draw the map of this class index (default: the predicted one)")
     p.add_argument("--n", type=positive_int, default=16, help="gallery images (default 16)")
     p.add_argument("--pointing-game", action="store_true", help="the pointing game on seeded canvases of test digits")

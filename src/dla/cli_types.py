@@ -144,3 +144,49 @@ def attack_target(text: str) -> int | str:
     if value < 0:
         raise argparse.ArgumentTypeError(f"{value} is not a class index (>= 0)")
     return value
+
+
+class Registry:
+    """The names of a registry, the dict `attr` of `module` (detectors, attacks, CAM methods), imported on first
+    use: when an option that names one is given or its --help printed. `dla --help` and the other commands
+    never import it (torch, scikit-learn). Used as an option's `choices`; a list is in it when all its names are."""
+
+    def __init__(self, module: str, attr: str):
+        self.module, self.attr = module, attr
+        self._names: tuple[str, ...] | None = None
+
+    def names(self) -> tuple[str, ...]:
+        if self._names is None:
+            from importlib import import_module
+
+            self._names = tuple(getattr(import_module(self.module), self.attr))
+        return self._names
+
+    def __iter__(self):
+        return iter(self.names())
+
+    def __len__(self) -> int:
+        return len(self.names())
+
+    def __contains__(self, value: object) -> bool:
+        values = value if isinstance(value, list) else [value]
+        return all(v in self.names() for v in values)
+
+
+def name_list(registry: Registry, what: str) -> Callable[[str], list[str]]:
+    """A comma-separated list of names of `registry`, each known and named once."""
+
+    def parse(text: str) -> list[str]:
+        names = [n.strip() for n in text.split(",") if n.strip()]
+        valid = ", ".join(registry)
+        if not names:
+            raise argparse.ArgumentTypeError(f"give at least one {what}; valid: {valid}")
+        unknown = [n for n in names if n not in registry]
+        if unknown:
+            raise argparse.ArgumentTypeError(f"unknown {what} {unknown[0]!r}; valid: {valid}")
+        twice = next((n for n in names if names.count(n) > 1), None)
+        if twice:
+            raise argparse.ArgumentTypeError(f"{twice} is named twice")
+        return names
+
+    return parse

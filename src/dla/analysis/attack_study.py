@@ -17,13 +17,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from dla.attacks import ATTACKS
 from dla.config import load_run_config
 from dla.kind import require_command
 from dla.errors import DlaError
 from dla.io import atomic_dir
 from dla.rundir import RunDir
 
-METHODS = ("fgsm", "pgd", "autoattack", "cw")
+METHODS = tuple(ATTACKS)  # the registry's names
 TARGETED_METHODS = ("fgsm", "pgd")
 COLUMNS = (("eps", "eps", "sci"), ("eps x 255", "eps_255", "time"), ("accuracy (%)", "acc", "pct"))
 ROBUST_COLUMNS = (("eps", "eps", "sci"), ("eps x 255", "eps_255", "time"), ("clean accuracy (%)", "clean", "pct"),

@@ -32,7 +32,6 @@ from torch import nn
 from dla.errors import DlaError
 from dla.models.cnn import CNN
 
-METHODS = ("cam", "gradcam", "gradcam++", "scorecam")
 
 
 def cnn_of(model: nn.Module, run_label: str = "this run") -> CNN:
@@ -88,20 +87,25 @@ def heatmaps(model: nn.Module, x: torch.Tensor, classes: torch.Tensor, method: s
     out = []
     for start in range(0, len(x), batch_size):
         xb, cb = x[start : start + batch_size], classes[start : start + batch_size]
-        if method == "cam":
-            raw = class_activation_maps(model, xb, cb).clamp(min=0)
-            up = F.interpolate(raw[:, None], size=xb.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
-            out.append(_scale(up))
-        else:
-            out.append(torch.from_numpy(_library_maps(model, xb, cb, method)).float())
+        out.append(METHODS[method](model, xb, cb))
     return torch.cat(out)
 
 
-def _library_maps(model: nn.Module, x: torch.Tensor, classes: torch.Tensor, method: str):
-    from pytorch_grad_cam import GradCAM, GradCAMPlusPlus, ScoreCAM
+def _cam_maps(model: nn.Module, x: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+    raw = class_activation_maps(model, x, classes).clamp(min=0)
+    return _scale(F.interpolate(raw[:, None], size=x.shape[-2:], mode="bilinear", align_corners=False)[:, 0])
+
+
+def _library(name: str):
+    """A method of the grad-cam library (pytorch-grad-cam), by its class name there."""
+    return lambda model, x, classes: torch.from_numpy(_library_maps(model, x, classes, name)).float()
+
+
+def _library_maps(model: nn.Module, x: torch.Tensor, classes: torch.Tensor, name: str):
+    import pytorch_grad_cam
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
-    cls = {"gradcam": GradCAM, "gradcam++": GradCAMPlusPlus, "scorecam": ScoreCAM}[method]
+    cls = getattr(pytorch_grad_cam, name)
     targets = [ClassifierOutputTarget(int(c)) for c in classes]
     with cls(model=model, target_layers=[target_layer(model)]) as cam:
         cam.batch_size = 128  # Score-CAM: masked copies per forward pass
@@ -141,3 +145,9 @@ def pointing_game(model: nn.Module, images: torch.Tensor, boxes: torch.Tensor, l
     random_points = torch.stack([torch.randint(0, w, (n,), generator=g), torch.randint(0, h, (n,), generator=g)], 1)
     hits["random point"] = float(inside(random_points, boxes).float().mean())
     return hits
+
+
+# Every method by name, the one list (`dla cam --method`, its --help and the pointing game read it):
+# (model, x, classes) -> (B, H, W) maps in [0, 1].
+METHODS = {"cam": _cam_maps, "gradcam": _library("GradCAM"), "gradcam++": _library("GradCAMPlusPlus"),
+           "scorecam": _library("ScoreCAM")}

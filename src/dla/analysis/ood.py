@@ -29,9 +29,6 @@ import torch.nn.functional as F
 from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 from torch import nn
 
-DETECTORS = ("msp", "maxlogit", "energy", "odin", "mahalanobis", "knn", "react", "vim", "ash", "gradnorm")
-
-
 # ---------------------------------------------------------------------------------------------
 # Scores from logits
 
@@ -356,6 +353,26 @@ class GradNorm:
 
 FITTED_DETECTORS = {
     "mahalanobis": Mahalanobis, "knn": KNN, "react": ReAct, "vim": ViM, "ash": ASH, "gradnorm": GradNorm,
+}
+
+
+def _from_logits(score):
+    return lambda model, x, fitted, odin_t, odin_eps: score(logits_of(model, x))
+
+
+def _fitted(name: str):
+    return lambda model, x, fitted, odin_t, odin_eps: fitted[name].scores(model, x)
+
+
+# Every detector by name, the one list (`dla ood --detectors`, its --help and the study read it): a scorer
+# (model, x, fitted, odin_t, odin_eps) -> scores, higher = more in-distribution; `fitted` holds the
+# FITTED_DETECTORS fitted on training images.
+DETECTORS = {
+    "msp": _from_logits(msp),
+    "maxlogit": _from_logits(max_logit),
+    "energy": _from_logits(energy),
+    "odin": lambda model, x, fitted, odin_t, odin_eps: odin(model, x, odin_t, odin_eps),
+    **{name: _fitted(name) for name in FITTED_DETECTORS},
 }
 
 

@@ -48,18 +48,10 @@ OOD_COLUMNS = (
 
 
 def detector_scores(name: str, model, x: torch.Tensor, fitted: dict, odin_t: float, odin_eps: float):
-    """Scores of one detector; `fitted` holds the detectors fitted on training images (ood.FITTED_DETECTORS)."""
-    if name == "msp":
-        return ood.msp(ood.logits_of(model, x))
-    if name == "maxlogit":
-        return ood.max_logit(ood.logits_of(model, x))
-    if name == "energy":
-        return ood.energy(ood.logits_of(model, x))
-    if name == "odin":
-        return ood.odin(model, x, odin_t, odin_eps)
-    if name in fitted:
-        return fitted[name].scores(model, x)
-    raise DlaError(f"unknown detector {name!r}; valid: {', '.join(ood.DETECTORS)}")
+    """Scores of one registered detector (`ood.DETECTORS`); `fitted` holds those fitted on training images."""
+    if name not in ood.DETECTORS:
+        raise DlaError(f"unknown detector {name!r}; valid: {', '.join(ood.DETECTORS)}")
+    return ood.DETECTORS[name](model, x, fitted, odin_t, odin_eps)
 
 
 FIT_IMAGES = 10000  # training images the feature-based detectors are fitted on
