@@ -157,19 +157,16 @@ def cmd_gradients(args: argparse.Namespace) -> int:
 
 
 def cmd_ood(args: argparse.Namespace) -> int:
-    from dla.analysis.ood_study import check_ood_args, run_odin_grids, run_ood
-    from dla.data.ood import default_ood_set
-    from dla.build import open_run
+    from dla.analysis.ood_study import run_odin_grids, run_ood
+    from dla.rundir import RunDir
 
-    run, cfg = open_run(args.run, "dla ood")
+    run = RunDir.open(args.run)  # the study checks its kind, every set and the numbers before any work
     _check_report_after(args)
-    sets = [s.strip() for s in args.ood.split(",") if s.strip()] if args.ood is not None else [default_ood_set(cfg)]
-    check_ood_args(run, sets, args.n, args.odin_t, args.odin_eps)  # every set, before the first one runs
+    sets = [s.strip() for s in args.ood.split(",") if s.strip()] if args.ood is not None else None
     if args.odin_grid:
         run_odin_grids(run, sets, _data_root(args), n=args.n)
     else:
-        run_ood(run, sets, args.detectors or list(DETECTORS), _data_root(args), n=args.n, odin_t=args.odin_t,
-                odin_eps=args.odin_eps)
+        run_ood(run, sets, args.detectors, _data_root(args), n=args.n, odin_t=args.odin_t, odin_eps=args.odin_eps)
     print(f"wrote {run.path / 'ood'}")
     _report_after(args, run.path)
     return 0
@@ -177,9 +174,9 @@ def cmd_ood(args: argparse.Namespace) -> int:
 
 def cmd_attack(args: argparse.Namespace) -> int:
     from dla.analysis.attack_study import run_attack
-    from dla.build import open_run
+    from dla.rundir import RunDir
 
-    run, _ = open_run(args.run, "dla attack")
+    run = RunDir.open(args.run)  # the study checks its kind and the options
     _check_report_after(args)
     result = run_attack(run, args.method, args.eps, args.steps, args.n, _data_root(args), args.target, args.c)
     print(result["header"] + result["table"], end="")
@@ -190,9 +187,9 @@ def cmd_attack(args: argparse.Namespace) -> int:
 
 def cmd_cam(args: argparse.Namespace) -> int:
     from dla.analysis.cam_study import run_cam, run_pointing_game
-    from dla.build import open_run
+    from dla.rundir import RunDir
 
-    run, _ = open_run(args.run, "dla cam")
+    run = RunDir.open(args.run)  # the study checks its kind
     if args.pointing_game:
         if args.images:
             raise DlaError("--pointing-game draws its own canvases of test digits: give no image files")
@@ -208,11 +205,11 @@ def cmd_cam(args: argparse.Namespace) -> int:
 
 def cmd_detect(args: argparse.Namespace) -> int:
     from dla.analysis.detect_study import run_detect, run_detect_eval
-    from dla.build import open_run
+    from dla.rundir import RunDir
 
     if not args.images and not args.eval:
         raise DlaError("give image files to search, or --eval for the measured test canvases")
-    run, _ = open_run(args.run, "dla detect")
+    run = RunDir.open(args.run)  # the study checks its kind
     if args.images:
         result = run_detect(run, args.images, args.threshold, args.stride, args.sizes, args.nms_iou)
         print("\n".join(result["lines"]))

@@ -24,7 +24,7 @@ from dla.data.batches import to_unit_float
 from dla.data.ood import (
     check_set_names,
     load_sets,
-    ood_set_images,
+    default_ood_set,
     sample,
     user_set_label,
 )
@@ -67,10 +67,13 @@ def fit_detectors(model, data, detectors: list[str], seed: int) -> dict:
     return {d: ood.fit_detector(d, model, x_fit, fit_set.y) for d in names}
 
 
-def check_ood_args(run: RunDir, ood_sets: list[str], n: int, odin_t: float = 1.0, odin_eps: float = 0.0) -> None:
-    """Everything checkable before a model loads: the run's kind, the set names and the numbers."""
+def check_ood_args(run: RunDir, ood_sets: list[str] | None, n: int, odin_t: float = 1.0,
+                   odin_eps: float = 0.0) -> list[str]:
+    """Everything checkable before a model loads: the run's kind, the set names and the numbers. Returns the
+    sets (None: the default set for the run's data). The one check of `dla ood`'s arguments: the study makes it."""
     cfg = load_run_config(run)
     require_command(cfg, "dla ood", run.path)
+    ood_sets = [default_ood_set(cfg)] if ood_sets is None else ood_sets
     check_set_names(cfg, ood_sets)
     if n < 1:
         raise DlaError(f"--n: must be >= 1, got {n}")
@@ -78,25 +81,28 @@ def check_ood_args(run: RunDir, ood_sets: list[str], n: int, odin_t: float = 1.0
         raise DlaError(f"--odin-t: must be a finite number > 0, got {odin_t}")
     if not (math.isfinite(odin_eps) and odin_eps >= 0):
         raise DlaError(f"--odin-eps: must be a finite number >= 0, got {odin_eps}")
+    return ood_sets
 
 
 def run_ood(
     run: RunDir,
-    ood_sets: list[str],
-    detectors: list[str],
+    ood_sets: list[str] | None,
+    detectors: list[str] | None,
     data_root: Path,
     n: int = 2000,
     odin_t: float = 1000.0,
     odin_eps: float = 0.0014,
     seed: int = 0,
 ) -> list[dict]:
-    """Score ID test images and each OOD set with each detector; write the table and plots."""
+    """Score ID test images and each OOD set (None: the default one) with each detector (None: all); write
+    the table and plots."""
+    detectors = list(ood.DETECTORS) if detectors is None else detectors
     unknown = [d for d in detectors if d not in ood.DETECTORS]
     if unknown or not detectors:
         raise DlaError(f"--detectors: unknown detector {unknown[0] if unknown else ''!r}; valid: {', '.join(ood.DETECTORS)}")
     if len(set(detectors)) < len(detectors):
         raise DlaError(f"--detectors: {next(d for d in detectors if detectors.count(d) > 1)} is named twice")
-    check_ood_args(run, ood_sets, n, odin_t, odin_eps)
+    ood_sets = check_ood_args(run, ood_sets, n, odin_t, odin_eps)
     sets = load_sets(load_run_config(run), ood_sets, data_root, n, seed)
     model, cfg = load_run_model(run)
     data = load_data(cfg, data_root)
@@ -154,41 +160,36 @@ def _score_sets(model, data, x_id, fitted, sets, detectors, odin_t, odin_eps, ou
     return rows
 
 
-def run_odin_grids(run: RunDir, ood_sets: list[str], data_root: Path, n: int = 1000, seed: int = 0) -> list[dict]:
-    """`run_odin_grid` for each set, every set read before the first grid runs."""
-    check_ood_args(run, ood_sets, n)
+def run_odin_grids(run: RunDir, ood_sets: list[str] | None, data_root: Path, n: int = 1000, seed: int = 0,
+                   temperatures=ODIN_TEMPERATURES, epsilons=ODIN_EPSILONS) -> list[dict]:
+    """The ODIN grid (`run_odin_grid`) for each set, every set checked and read before the first grid runs."""
+    ood_sets = check_ood_args(run, ood_sets, n)
     if {"near", "far"} & set(ood_sets):
         raise DlaError("--odin-grid: name the OOD sets (e.g. --ood heldout), not the groups near/far")
-    sets = load_sets(load_run_config(run), ood_sets, data_root, n, seed)
-    return [run_odin_grid(run, name, data_root, n, seed=seed, x_ood=x) for name, _, x in sets]
-
-
-def run_odin_grid(
-    run: RunDir,
-    ood_set: str,
-    data_root: Path,
-    n: int = 1000,
-    temperatures=ODIN_TEMPERATURES,
-    epsilons=ODIN_EPSILONS,
-    seed: int = 0,
-    x_ood: torch.Tensor | None = None,
-) -> dict:
-    """The T x eps grid; the best cell is chosen on a validation half of ID and OOD, reported on the test half.
-    `x_ood`: the set's images, when already read."""
-    check_ood_args(run, [ood_set], n)
     if n < 2:
         raise DlaError(f"--n: the ODIN grid splits the images into two halves: needs >= 2, got {n}")
+    sets = load_sets(load_run_config(run), ood_sets, data_root, n, seed)
+    return [_write_odin_grid(run, name, data_root, n, temperatures, epsilons, seed, x) for name, _, x in sets]
+
+
+def run_odin_grid(run: RunDir, ood_set: str, data_root: Path, n: int = 1000, temperatures=ODIN_TEMPERATURES,
+                  epsilons=ODIN_EPSILONS, seed: int = 0) -> dict:
+    """The T x eps grid of one set; the best cell is chosen on a validation half of ID and OOD, reported on the
+    test half."""
+    return run_odin_grids(run, [ood_set], data_root, n, seed, temperatures, epsilons)[0]
+
+
+def _write_odin_grid(run, ood_set, data_root, n, temperatures, epsilons, seed, x_ood) -> dict:
     with atomic_dir(run.path / "ood") as out:
         result, text = _odin_grid(run, ood_set, data_root, n, temperatures, epsilons, seed, out, x_ood)
     print(text, end="")
     return result
 
 
-def _odin_grid(run, ood_set, data_root, n, temperatures, epsilons, seed, out, x_ood=None):
+def _odin_grid(run, ood_set, data_root, n, temperatures, epsilons, seed, out, x_ood):
     model, cfg = load_run_model(run)
     data = load_data(cfg, data_root)
     x_id = to_unit_float(sample(data.test, n, seed).x)
-    x_ood = ood_set_images(ood_set, cfg, data_root, n, seed) if x_ood is None else x_ood
     grid = ood.odin_grid(model, torch.cat([x_id, x_ood]), temperatures, epsilons)
     halves = {"val": slice(0, None, 2), "test": slice(1, None, 2)}  # alternate images, so both halves mix alike
     metrics = {}  # (T, eps) -> half -> every metric
