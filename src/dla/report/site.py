@@ -28,7 +28,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-
 from dla.config import IMAGE_CLASSIFIER as IMAGE, LANGUAGE_MODEL as LM, TEXT_CLASSIFIER as TEXT
 from dla.config import load_run_config, read_yaml, run_kind as config_run_kind
 from dla.errors import DlaError
