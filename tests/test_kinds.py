@@ -63,6 +63,23 @@ def test_a_monitor_the_task_does_not_have_is_refused_before_any_file(toy_kind, c
     assert not Path("runs").exists()
 
 
+def test_a_kind_declared_as_an_entry_point_is_found_by_itself(monkeypatch):
+    """A package that declares its kind under the entry-point group dla.kinds needs no import by the user."""
+    from importlib.metadata import EntryPoint
+
+    import dla.kind as registry
+
+    monkeypatch.syspath_prepend(str(HERE / "kinds"))
+    monkeypatch.delitem(sys.modules, "toy_regression", raising=False)
+    monkeypatch.delitem(registry.KINDS, "toy-regression", raising=False)
+    monkeypatch.delitem(registry.DATA_SECTIONS, "toy-regression", raising=False)
+    point = EntryPoint(name="toy", value="toy_regression", group="dla.kinds")
+    monkeypatch.setattr("importlib.metadata.entry_points", lambda group=None: [point] if group == "dla.kinds" else [])
+    monkeypatch.setattr(registry, "_loaded", False)
+    assert load_experiment(str(TOY)).kind == "toy-regression"
+    assert registry.get_kind("toy-regression").title == "toy regressor"
+
+
 def test_every_built_in_kind_is_complete():
 
     assert {"image-classifier", "language-model", "text-classifier"} <= set(registered())

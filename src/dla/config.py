@@ -21,13 +21,7 @@ import yaml
 
 from dla.errors import ConfigError
 from dla.yamlfile import read_yaml
-from dla.kind import (
-    DATA_SECTIONS,
-    IMAGE_CLASSIFIER,
-    LANGUAGE_MODEL,
-    TEXT_CLASSIFIER,
-    legacy_kind,
-)
+from dla.kind import DATA_SECTIONS, IMAGE_CLASSIFIER, legacy_kind, registered
 
 
 @dataclass
@@ -109,9 +103,6 @@ class TopicDataConfig:
             raise ConfigError(f"data.length_percentile: must be in [50, 100], got {self.length_percentile}")
 
 
-# The built-in kinds' data sections (the kinds themselves register in dla.kinds; a new kind registers
-# its own data section with `dla.kind.register_kind`).
-DATA_SECTIONS.update({IMAGE_CLASSIFIER: DataConfig, LANGUAGE_MODEL: TextDataConfig, TEXT_CLASSIFIER: TopicDataConfig})
 
 
 @dataclass
@@ -414,6 +405,7 @@ def _build(cls: type, raw: Any, prefix: str) -> Any:
 
 def _kind(raw: dict[str, Any]) -> str:
     """The declared `kind:`, else (a config written before kinds were declared) the one `legacy_kind` infers."""
+    registered()  # every kind's data section: the built-ins', those of the entry points, and any imported
     kind = raw.get("kind")
     if kind == "hf-text-classifier":
         raise ConfigError("kind: hf-text-classifier is the old fine-tuning dialect; use kind: text-classifier "
