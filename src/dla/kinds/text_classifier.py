@@ -7,6 +7,7 @@ from pathlib import Path
 from dla.config import TopicDataConfig
 from dla.errors import ConfigError
 from dla.kind import TEXT_CLASSIFIER, Column, RunKind, register_kind
+from dla.kinds.image import ImageClassifier
 from dla.models import MODELS
 
 
@@ -17,12 +18,8 @@ class TextClassifier(RunKind):
     data_config = TopicDataConfig
     models = ("hf-encoder",)
     commands = frozenset({"dla predict", "dla hf eval", "dla hf finetune", "dla hf features-baseline"})
-    table_columns = (("run", "name", "str"), ("data", "data", "str"), ("params", "params", "int"),
-                     ("best epoch", "best_epoch", "str"), ("test acc (%)", "test_acc", "pct"),
-                     ("test loss", "test_loss", "float"), ("time (s)", "train_time_s", "time"))
-    sweep_columns = (("Net", "name", "str"), ("Accuracy", "test_acc", "pct"), ("Loss", "test_loss", "float"),
-                     ("params", "params", "int"), ("best epoch", "best_epoch", "str"),
-                     ("epochs run", "epochs_run", "str"), ("time (s)", "train_time_s", "time"), ("data", "data", "str"))
+    table_columns = ImageClassifier.table_columns  # a classifier's: accuracy and loss
+    sweep_columns = ImageClassifier.sweep_columns
     report_columns = (Column("test acc (%)", "test_acc", "pct", True), Column("test macro-F1", "test_f1", "float", True),
                       Column("test loss", "test_loss", "float", False), Column("best epoch", "best_epoch", "int"),
                       Column("params", "params", "int"), Column("train time (s)", "train_time_s", "time"))
