@@ -129,10 +129,11 @@ def test_a_new_study_appears_from_its_manifest_alone(runs, tmp_path):
     assert "Linear probes" in (out / "index.html").read_text()  # the study's badge
 
 
-def test_a_run_written_before_manifests_still_shows_its_figures(runs, tmp_path):
+def test_a_run_written_before_manifests_still_shows_its_figures(runs, tmp_path, capsys):
     run = _copy_run(runs, tmp_path / "old" / "lab1-mlp" / "base")
     for manifest in run.rglob("manifest.json"):
         manifest.unlink()
+    (run / "attack" / "manifest.json").write_text('{"study": "attack", "tit')  # damaged: shown from its files
     shutil.rmtree(run / "ood")
     (run / "ood").mkdir()
     shutil.copy2(runs / "lab1-mlp" / "base" / "ood" / "hist_noise-uniform.png", run / "ood")
@@ -143,6 +144,8 @@ def test_a_run_written_before_manifests_still_shows_its_figures(runs, tmp_path):
     assert "<figcaption>hist_noise-uniform.png</figcaption>" in page  # captioned with its file name
     assert (out / "files" / "lab1-mlp-base" / "ood" / "hist_noise-uniform.png").is_file()
     assert "<h3>Adversarial attacks</h3>" in page and "plots/curves.png" not in page  # the interactive curves stand
+    err = capsys.readouterr().err
+    assert err.count("attack/manifest.json: damaged JSON") == 1 and "shown from its files" in err
 
 
 def test_torn_last_metrics_line_still_builds_and_marks_the_run(runs, tmp_path):

@@ -105,6 +105,8 @@ class Study:
     runs: list[Run] = field(default_factory=list)
     sweep: dict[str, Any] | None = None
     slug: str = ""
+    manifest: dict[str, Any] | None = None  # of its own folder (a sweep's plots), read once
+    read: bool = False
 
     @property
     def title(self) -> str:
@@ -509,7 +511,9 @@ def run_manifests(run: Run) -> list[tuple[Path, dict[str, Any]]]:
 
 def study_manifest(study: Study) -> dict[str, Any] | None:
     """The manifest of the study's own folder (a sweep's plots), if it has one."""
-    return folder_manifest(study.folder, "sweep" if study.sweep else None)
+    if not study.read:
+        study.manifest, study.read = folder_manifest(study.folder, "sweep" if study.sweep else None), True
+    return study.manifest
 
 
 def manifest_html(folder: Path, manifest: dict[str, Any], base: Path, slug: str, root: Path, up: str,
