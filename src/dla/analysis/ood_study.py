@@ -2,8 +2,9 @@
 
 Outputs go to RUN/ood/: table.md and metrics.json (one row per detector x OOD set), and per OOD
 set hist_<set>.png (ID vs OOD scores) and roc_pr_<set>.png. With the grid: odin_grid.md,
-odin_heatmap.png and odin_auroc_vs_eps.png; manifest.json describes them (`dla.manifest`). Everything is written into a temporary folder that
-replaces RUN/ood/ only when the command succeeds, so a failure leaves the run as it was.
+odin_heatmap.png and odin_auroc_vs_eps.png; manifest.json describes them (`dla.manifest`). Everything
+is written into a temporary folder that replaces RUN/ood/ only when the command succeeds, so a
+failure leaves the run as it was.
 """
 
 from __future__ import annotations
