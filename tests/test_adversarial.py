@@ -9,6 +9,7 @@ from dla import experiment
 from dla.analysis.adversarial import parse_eps
 from dla.attacks import fgsm, pgd
 from dla.cli import main
+from dla.manifest import read_manifest
 from dla.models import build_model
 from dla.models.cnn import CNNConfig
 from dla.models.mlp import MLPConfig
@@ -193,6 +194,7 @@ def test_adversarial_training_end_to_end_and_dla_attack(data_root, method, monke
     rows = [line.split("|") for line in table.splitlines() if line.startswith("| 0")]
     accs = [float(r[3]) for r in rows]
     assert [r[1].strip() for r in rows] == ["0", "0.05", "0.1"] and accs[-1] <= accs[0]
+    accs_pgd = accs
     assert (out / "pgd_accuracy.png").is_file() and (out / "pgd_gallery.png").stat().st_size > 5000
     assert main(["attack", str(run.path), "--method", "fgsm", "--eps", "0,0.2", "--n", "64", "--target", "least-likely"]) == 0
     table = (out / "fgsm_target-least-likely.md").read_text()
@@ -208,6 +210,11 @@ def test_adversarial_training_end_to_end_and_dla_attack(data_root, method, monke
         accs = [float(r[2]) for r in rows]
         assert [r[1].strip() for r in rows] == ["0.0000", "0.1000", "0.2500", "0.5000", "1.0000"] and accs[-1] < accs[0]
         assert "median L2 of successful perturbations" in table and (out / "cw_gallery.png").stat().st_size > 5000
+    series = {s["name"]: s for s in read_manifest(out)["series"]}  # the points the report plots
+    assert series["PGD"]["plot"] == "accuracy-vs-eps"
+    assert [p[0] for p in series["PGD"]["points"]] == pytest.approx([0, 0.05 * 255, 0.1 * 255])
+    assert [p[1] for p in series["PGD"]["points"]] == pytest.approx(accs_pgd, abs=0.051)  # the table's, to 0.1
+    assert "FGSM targeted (least-likely)" in series and (method != "pgd" or series["CW"]["plot"] == "accuracy-vs-l2")
 
 
 def test_the_originals_fgsm_recipe_with_adv_prob_0_is_standard_training(data_root):

@@ -14,6 +14,7 @@ from dla.cli import CAM_METHODS, main
 from dla.config import load_experiment
 from dla.data.canvas import detection_canvases, pointing_canvases, with_background
 from dla.data.vision import load_arrays
+from dla.manifest import read_manifest
 from dla.models.fcn import to_fcn
 
 
@@ -239,6 +240,9 @@ def test_detect_cli_writes_its_files(detector, data_root, tmp_path, capsys):
     assert "| precision | recall | F1 |" in (folder / "eval.md").read_text()
     metrics = json.loads((folder / "eval.json").read_text())
     assert 0 <= metrics["f1"] <= 1 and metrics["digits"] >= 6 and metrics["canvases"] == 6
+    manifest = read_manifest(folder)
+    assert manifest["title"] == "Digit detection" and manifest["metrics"] == "eval.json"
+    assert [f["file"] for f in manifest["figures"]] == ["two_digits.png", "two_digits-heat.png", "eval-examples.png"]
 
 
 @pytest.fixture(scope="module")
@@ -268,6 +272,9 @@ def test_cam_cli_gallery_images_and_pointing_game(gap_run, data_root, tmp_path, 
     result = json.loads((folder / "pointing-game.json").read_text())
     assert set(result["hits"]) == {"cam", "gradcam", "gradcam++", "scorecam", "centre point", "random point"}
     assert all(0 <= v <= 1 for v in result["hits"].values())
+    captions = {f["file"]: f["caption"] for f in read_manifest(folder)["figures"]}  # every command's, merged
+    assert set(captions) == {"gallery-cam.png", "gradcam++/blank.png", "gradcam++/red.png", "pointing-game.png"}
+    assert captions["gradcam++/red.png"].startswith("gradcam++ of red.jpg: predicted ")
     assert "| scorecam |" in out and "| random point |" in out
 
 

@@ -14,6 +14,7 @@ from dla.analysis import ood
 from dla.analysis.ood_study import run_odin_grid, run_ood
 from dla.config import load_experiment
 from dla.data.ood import ood_images, to_shape
+from dla.manifest import read_manifest
 from dla.models import build_model
 from dla.models.mlp import MLPConfig
 
@@ -151,6 +152,11 @@ def test_dla_ood_writes_table_and_plots(fashion_run, data_root):
     assert grid_md.endswith("|\n")
     for name in ("odin_grid.md", "odin_grid.json", "odin_heatmap.png", "odin_auroc_vs_eps.png"):
         assert (out / name).is_file()
+    manifest = read_manifest(out)  # both commands' outputs, described by the study that wrote them
+    captions = {f["file"]: f["caption"] for f in manifest["figures"]}
+    assert captions["hist_heldout.png"] == "ID vs OOD score histograms: heldout" and "hist_my_scans.png" in captions
+    assert captions["odin_heatmap.png"].startswith("ODIN AUROC over T × ε")
+    assert [t["file"] for t in manifest["tables"]] == ["table.md", "odin_grid.md"] and manifest["metrics"] == "metrics.json"
 
 
 def test_near_and_far_groups_follow_openood_and_the_runs_classes():

@@ -95,6 +95,57 @@ def test_site_pages_tables_and_figures(runs, tmp_path):
         assert part in base
     copied = {p.relative_to(out / "files" / "lab1-mlp-base").as_posix() for p in (out / "files" / "lab1-mlp-base").rglob("*.png")}
     assert {"ood/hist_noise-uniform.png", "ood/roc_pr_noise-uniform.png", "attack/fgsm_gallery.png"} <= copied
+    for caption in ("ID vs OOD score histograms: noise-uniform", "ROC and precision-recall: noise-uniform",
+                    "FGSM gallery", "FGSM accuracy against ε (× 1/255)"):  # written by the studies, in their manifests
+        assert f"<figcaption>{caption}</figcaption>" in base
+    assert "<h3>Out-of-distribution detection</h3>" in base and "<h3>Adversarial attacks</h3>" in base
+    assert "lr.png</figcaption>" not in sweep and "test_acc against optim.lr" in sweep
+
+
+def _copy_run(runs: Path, to: Path) -> Path:
+    shutil.copytree(runs / "lab1-mlp" / "base", to, ignore=shutil.ignore_patterns("checkpoints", "tb"))
+    return to
+
+
+def test_a_new_study_appears_from_its_manifest_alone(runs, tmp_path):
+    """A study the report has never heard of: its folder's manifest.json is all the report needs."""
+    from dla.manifest import write_manifest
+
+    run = _copy_run(runs, tmp_path / "runs" / "lab1-mlp" / "base")
+    (run / "probe").mkdir()
+    shutil.copy2(run / "ood" / "hist_noise-uniform.png", run / "probe" / "layers.png")
+    (run / "probe" / "probe.md").write_text("| layer | accuracy (%) |\n| --- | --- |\n| fc1 | 91.5 |\n")
+    write_manifest(run / "probe", "probe", "Linear probes", [{"file": "layers.png", "caption": "probe accuracy per layer"}],
+                   [{"file": "probe.md"}], series=[{"plot": "probe-accuracy", "title": "Probe accuracy by layer",
+                                                    "x": "layer", "y": "accuracy (%)", "name": "linear",
+                                                    "points": [[1, 91.5], [2, 95.0]]}])
+    out = build_site([tmp_path / "runs"], tmp_path / "report").index.parent
+    page = (out / "run" / "lab1-mlp-base.html").read_text()
+    assert "<h3>Linear probes</h3>" in page and "<figcaption>probe accuracy per layer</figcaption>" in page
+    assert ">fc1<" in page  # its table
+    assert "<h2>Probe accuracy by layer</h2>" in page and "Accuracy under attack" in page  # its series, plotted
+    assert page.index("<h3>Adversarial attacks</h3>") < page.index("<h3>Linear probes</h3>")  # known studies first
+    assert (out / "files" / "lab1-mlp-base" / "probe" / "layers.png").is_file()
+    assert "Linear probes" in (out / "index.html").read_text()  # the study's badge
+
+
+def test_a_run_written_before_manifests_still_shows_its_figures(runs, tmp_path, capsys):
+    run = _copy_run(runs, tmp_path / "old" / "lab1-mlp" / "base")
+    for manifest in run.rglob("manifest.json"):
+        manifest.unlink()
+    (run / "attack" / "manifest.json").write_text('{"study": "attack", "tit')  # damaged: shown from its files
+    shutil.rmtree(run / "ood")
+    (run / "ood").mkdir()
+    shutil.copy2(runs / "lab1-mlp" / "base" / "ood" / "hist_noise-uniform.png", run / "ood")
+    (run / "ood" / "table.md").write_text("| OOD set | detector | AUROC |\n| --- | --- | --- |\n| noise | msp | 0.9731 |\n")
+    out = build_site([tmp_path / "old"], tmp_path / "report").index.parent
+    page = (out / "run" / "lab1-mlp-base.html").read_text()
+    assert "<h3>Out-of-distribution detection</h3>" in page and "0.9731" in page
+    assert "<figcaption>hist_noise-uniform.png</figcaption>" in page  # captioned with its file name
+    assert (out / "files" / "lab1-mlp-base" / "ood" / "hist_noise-uniform.png").is_file()
+    assert "<h3>Adversarial attacks</h3>" in page and "plots/curves.png" not in page  # the interactive curves stand
+    err = capsys.readouterr().err
+    assert err.count("attack/manifest.json: damaged JSON") == 1 and "shown from its files" in err
 
 
 def test_torn_last_metrics_line_still_builds_and_marks_the_run(runs, tmp_path):

@@ -10,6 +10,7 @@ from dla import build, experiment
 from dla.analysis.gradients import layer_norms, read_gradients, total_norm
 from dla.cli import main
 from dla.config import load_experiment, load_run_config
+from dla.manifest import read_manifest
 from dla.rundir import RunDir
 from dla.sweep import run_sweep
 from dla.train.callbacks import Callback
@@ -59,6 +60,7 @@ def test_smoke_sweep_table_plots_and_resume(fashion, monkeypatch):
     assert [row.split("|")[1].strip() for row in table[2:]] == RUNS
     for plot in ("curves.png", "depth.png"):
         assert (sweep_dir / plot).stat().st_size > 5000
+    assert [f["file"] for f in read_manifest(sweep_dir)["figures"]] == ["curves.png", "depth.png"]
     for name in RUNS:
         cfg = load_run_config(RunDir(sweep_dir / name))
         assert cfg.data.name == "fashion-mnist" and cfg.model.width == 4
@@ -68,6 +70,7 @@ def test_smoke_sweep_table_plots_and_resume(fashion, monkeypatch):
     assert all(f"/{n} |" in summary for n in RUNS)
     for plot in ("layers.png", "first_last.png", "total.png"):
         assert (RunDir("grads").path / plot).stat().st_size > 5000
+    assert [f["file"] for f in read_manifest(RunDir("grads").path)["figures"]] == ["layers.png", "first_last.png", "total.png"]
 
 
 def test_layer_norms_match_manual_norms():

@@ -23,6 +23,7 @@ from dla.config import ExperimentConfig, to_dict
 from dla.device import can_compile, make_accelerator, seed_process
 from dla.errors import ConfigError
 from dla.io import atomic_text
+from dla.manifest import PLOTS_TITLE, write_manifest
 from dla.models import count_parameters
 from dla.report.plots import plot_ood_curves, plot_run_curves
 from dla.report.tables import markdown_table, run_columns
@@ -150,8 +151,12 @@ def train(
             if state.history:
                 plot_run_curves(state.history, run.plots / "curves.png", title=f"{cfg.name} / {run.name}",
                                 x="step" if kind.unit == "round" else "epoch")
-                plot_ood_curves(state.history, run.plots / "ood_curves.png",
-                                title=f"{cfg.name} / {run.name}: OOD detection during training (solid: energy, dashed: MSP)")
+                ood_curves = plot_ood_curves(state.history, run.plots / "ood_curves.png", title=f"{cfg.name} / "
+                                             f"{run.name}: OOD detection during training (solid: energy, dashed: MSP)")
+                figures = [{"file": "curves.png", "caption": "training and validation curves", "same_as": "training-curves"}]
+                if ood_curves:
+                    figures.append({"file": "ood_curves.png", "caption": "OOD detection during training (AUROC, FPR@95)"})
+                write_manifest(run.plots, "plots", PLOTS_TITLE, figures)
     if main:
         print(f"best {task.unit} {early.best_epoch} ({early.monitor} {early.best:.4f}); results in {run.path}\n")
         summary = run.read_summary()

@@ -12,7 +12,7 @@ A sweep file is a YAML file in configs/ with a top-level `sweep:` section:
 
 Runs go to RUNS_DIR/<sweep>/<tag>/<run name>, where the tag names the overrides (or `sweep_name=`).
 Running the same command again skips finished runs and resumes an interrupted one from its
-checkpoint, then (re)writes table.md, curves.png and the x-plot in the sweep directory.
+checkpoint, then (re)writes table.md, curves.png, the x-plot and their manifest.json in the sweep directory.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from dla.config import check_folder_name, find_experiment, load_experiment, load
 from dla.yamlfile import read_yaml
 from dla.errors import ConfigError
 from dla.kind import IMAGE_CLASSIFIER, get_kind, registered
+from dla.manifest import write_manifest
 from dla.report.plots import plot_overlaid, plot_xy
 from dla.report.tables import markdown_table
 from dla.rundir import RunDir
@@ -222,8 +223,10 @@ def write_sweep_report(sweep_dir: Path, spec: SweepSpec) -> None:
     table = markdown_table(rows, kind.sweep_columns)
     (sweep_dir / "table.md").write_text(table)
     print(f"\n{sweep_dir}\n{table}", end="")
+    figures = []
     if histories:
         plot_overlaid(histories, sweep_dir / "curves.png")
+        figures.append({"file": "curves.png", "caption": "validation curves of every run", "same_as": "training-curves"})
     if points:
         x, y = spec.plot["x"], spec.plot.get("y", "test_acc")
         series = {}
@@ -231,9 +234,11 @@ def write_sweep_report(sweep_dir: Path, spec: SweepSpec) -> None:
             value = summary.get(y)
             if isinstance(value, (int, float)) and not isinstance(value, bool):
                 series.setdefault(label, []).append((xv, 100 * value if y == "test_acc" else value))
-        if not series:
+        if series:
+            out = sweep_dir / f"{x.split('.')[-1]}.png"
+            plot_xy(series, out, xlabel=x, ylabel="test accuracy (%)" if y == "test_acc" else y.replace("_", " "))
+            figures.append({"file": out.name, "caption": f"{y} against {x}, a line per {spec.plot['series']}"})
+            print(f"wrote {sweep_dir / 'table.md'}, {sweep_dir / 'curves.png'}, {out}")
+        else:
             print(f"no x-plot: no finished run's summary.json has a number for sweep.plot.y={y}")
-            return
-        out = sweep_dir / f"{x.split('.')[-1]}.png"
-        plot_xy(series, out, xlabel=x, ylabel="test accuracy (%)" if y == "test_acc" else y.replace("_", " "))
-        print(f"wrote {sweep_dir / 'table.md'}, {sweep_dir / 'curves.png'}, {out}")
+    write_manifest(sweep_dir, "sweep", "Sweep plots", figures, [{"file": "table.md", "same_as": "runs-table"}])

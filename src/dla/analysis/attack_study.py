@@ -6,7 +6,8 @@ reports as RobustBench does: clean accuracy, robust accuracy and the number of i
 image; its table gives the accuracy left at each L2 radius (an attack counts only if its
 perturbation is within the radius) and the median L2 norm of the successful perturbations.
 
-Outputs go to RUN/attack/ (METHOD.md, METHOD_accuracy.png, METHOD_gallery.png), written through a
+Outputs go to RUN/attack/ (METHOD.md, METHOD_accuracy.png, METHOD_gallery.png and manifest.json, whose
+series are the accuracy-against-eps points the report plots), written through a
 temporary folder: a run that fails half-way leaves RUN/attack/ as it was.
 """
 
@@ -22,6 +23,7 @@ from dla.config import load_run_config
 from dla.kind import require_command
 from dla.errors import DlaError
 from dla.io import atomic_dir
+from dla.manifest import write_manifest
 from dla.rundir import RunDir
 
 METHODS = tuple(ATTACKS)  # the registry's names
@@ -148,4 +150,12 @@ def run_attack(run: RunDir, method: str, epsilons: Sequence[float] | None, steps
                 xlabel=xlabel, ylabel="test accuracy (%)" if targets is None else "%")
         plot_gallery(model, x[:GALLERY], y[:GALLERY], classes, method, epsilons, tmp / f"{name}_gallery.png", steps,
                      None if targets is None else targets[:GALLERY], c=cs[0], adversarials=kept)
+        label = {"autoattack": "AutoAttack", "cw": "CW"}.get(method, method.upper()) + aim.replace(",", "")
+        curve = {"plot": "accuracy-vs-l2", "title": "Accuracy under CW (L2)", "x": "L2 radius"} if method == "cw" else \
+            {"plot": "accuracy-vs-eps", "title": "Accuracy under attack", "x": "ε (× 1/255)"}
+        write_manifest(tmp, "attack", "Adversarial attacks", over=out,
+                       figures=[{"file": f"{name}_accuracy.png", "caption": f"{label} accuracy against {curve['x']}"},
+                                {"file": f"{name}_gallery.png", "caption": f"{label} gallery"}],
+                       tables=[{"file": f"{name}.md"}],
+                       series=[{**curve, "y": "test accuracy (%)", "name": label, "points": series["accuracy"]}])
     return {"rows": rows, "header": header, "table": table, "out": out}

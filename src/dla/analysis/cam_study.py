@@ -6,7 +6,7 @@ Outputs go to RUN/cam/ through a temporary folder (a failed command leaves RUN/c
   the predicted class and its confidence;
 - without: gallery-METHOD.png, `--n` test images of the run's data set, correct and wrong ones;
 - `--pointing-game`: pointing-game.md / .json and pointing-game.png (canvases, maps, boxes, maxima);
-- cam.md, what was drawn (appended to by each command).
+- cam.md, what was drawn (appended to by each command), and manifest.json (`dla.manifest`).
 """
 
 from __future__ import annotations
@@ -22,10 +22,12 @@ import torch
 from dla.analysis.cam import METHODS, argmax_points, check_method, has_gap_head, heatmaps, pointing_game
 from dla.errors import DlaError
 from dla.io import atomic_dir, unique_name
+from dla.manifest import write_manifest
 from dla.report.plots import show_image
 from dla.rundir import RunDir
 
 GREY_28 = (1, 28, 28)
+TITLE = "Class activation maps"
 
 
 def _open(run: RunDir):
@@ -77,6 +79,7 @@ def run_cam(run: RunDir, images: Sequence[str], method: str | None, cls: int | N
             if small:
                 raise DlaError(f"{small[0]}: smaller than the {w}x{h} px the run was trained on")
         used: set[str] = set()
+        figures = []
         with atomic_dir(out) as tmp:
             for path, x in zip(images, xs):
                 with torch.no_grad():
@@ -93,7 +96,10 @@ def run_cam(run: RunDir, images: Sequence[str], method: str | None, cls: int | N
                 name = f"{method}/{_safe_name(path, used)}.png"
                 save_figure(fig, tmp / name)
                 lines.append(f"- `{name}`: {path}, predicted {classes[pred]} ({probs[pred]:.3f}), map of class {classes[target]}")
+                figures.append({"file": name, "caption": f"{method} of {Path(path).name}: predicted {classes[pred]} "
+                                                         f"({probs[pred]:.2f}), map of class {classes[target]}"})
             _append_md(out, tmp, method, cls, classes, lines, run)
+            write_manifest(tmp, "cam", TITLE, figures, [{"file": "cam.md"}], over=out)
         return {"out": out, "lines": lines}
 
     data = load_data(cfg, data_root)
@@ -122,6 +128,9 @@ def run_cam(run: RunDir, images: Sequence[str], method: str | None, cls: int | N
         lines = [f"- `{name}`: {len(pick)} test images of {data.test_source}, {len(pick) - k_wrong} predicted right and "
                  f"{k_wrong} wrong (red), map of the {'predicted class' if cls is None else 'class ' + classes[cls]}"]
         _append_md(out, tmp, method, cls, classes, lines, run)
+        write_manifest(tmp, "cam", TITLE, [{"file": name, "caption": f"{method} gallery: {len(pick)} {data.test_source} "
+                                                                      f"test images ({k_wrong} wrong, in red)"}],
+                       [{"file": "cam.md"}], over=out)
     return {"out": out, "lines": lines}
 
 
@@ -198,4 +207,7 @@ def run_pointing_game(run: RunDir, methods: Sequence[str] | None, canvases: int,
             {"run": str(run.path), "canvases": canvases, "size": size, "seed": seed, "canvas_accuracy": acc,
              "trained_on_canvas": cfg.data.canvas, "hits": hits}, indent=2))
         save_figure(fig, tmp / "pointing-game.png")
+        write_manifest(tmp, "cam", TITLE, [{"file": "pointing-game.png", "caption": "pointing game: maps, ink boxes "
+                                            "(green) and each map's maximum (x)"}], [{"file": "pointing-game.md"}],
+                       metrics={"pointing_accuracy": hits}, over=out)
     return {"out": out, "header": header, "table": table, "hits": hits}

@@ -5,7 +5,8 @@ Outputs go to RUN/detect/ through a temporary folder:
 - per image: NAME.png (the image with labelled boxes) and NAME-heat.png (one panel per class: the
   class's probability for each window at the training scale);
 - `--eval`: eval.md / eval.json (precision, recall, F1 and mAP@0.5 on the fixed, seeded canvases of
-  MNIST test digits that no training run sees; images per second) and eval-examples.png.
+  MNIST test digits that no training run sees; images per second) and eval-examples.png;
+- manifest.json, what is there (`dla.manifest`).
 """
 
 from __future__ import annotations
@@ -22,11 +23,13 @@ import torch
 from dla.analysis.detect import DEFAULT_SIZES, Detections, detect, detection_metrics, heat_grid
 from dla.errors import DlaError
 from dla.io import atomic_dir
+from dla.manifest import write_manifest
 from dla.report.plots import show_image
 from dla.rundir import RunDir
 
 EVAL_CANVASES, EVAL_SIZE, EVAL_COUNT, EVAL_SCALES, EVAL_SEED = 500, 128, (1, 5), (20, 40), 2026
 BACKGROUND = "background"
+TITLE = "Digit detection"
 
 
 def check_detect_args(threshold: float, step: int, sizes: Sequence[int], nms_iou: float, canvases: int) -> None:
@@ -91,7 +94,7 @@ def run_detect(run: RunDir, images: Sequence[str], threshold: float, step: int, 
         if x.shape[1] < h or x.shape[2] < w:
             raise DlaError(f"{p}: {x.shape[2]}x{x.shape[1]} px is smaller than the {w}x{h} window of {run.path}")
     plt = pyplot()
-    lines, used = [], set()
+    lines, used, figures = [], set(), []
     out = run.path / "detect"
     with atomic_dir(out) as tmp:
         for path, x in zip(images, xs):
@@ -118,6 +121,9 @@ def run_detect(run: RunDir, images: Sequence[str], threshold: float, step: int, 
             found = ", ".join(f"{classes[l]} ({s:.2f}) at [{', '.join(f'{v:.0f}' for v in b)}]"
                               for b, l, s in zip(det.boxes.tolist(), det.labels.tolist(), det.scores.tolist()))
             lines.append(f"{path}: {len(det.scores)} found{': ' + found if found else ''}")
+            figures += [{"file": f"{name}.png", "caption": f"{Path(path).name}: {len(det.scores)} digits found"},
+                        {"file": f"{name}-heat.png", "caption": f"{Path(path).name}: each class's probability per window"}]
+        write_manifest(tmp, "detect", TITLE, figures, over=out)
     return {"out": out, "lines": lines}
 
 
@@ -175,4 +181,7 @@ def run_detect_eval(run: RunDir, threshold: float, step: int, sizes: Sequence[in
                                                    "threshold": threshold, "stride": step, "sizes": list(sizes),
                                                    "nms_iou": nms_iou, **metrics}, indent=2))
         save_figure(fig, tmp / "eval-examples.png")
+        write_manifest(tmp, "detect", TITLE, [{"file": "eval-examples.png", "caption": "evaluation canvases: detections "
+                                               "(red) and true boxes (green, dashed)"}], [{"file": "eval.md"}],
+                       metrics="eval.json", over=out)
     return {"out": out, "header": header, "table": table, "metrics": metrics}

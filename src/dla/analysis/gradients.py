@@ -183,9 +183,10 @@ def plot_gradients(runs: dict[str, list[dict[str, Any]]], out: Path) -> list[Pat
 
 
 def gradient_report(runs: list[RunDir], out: Path) -> tuple[str, list[Path]]:
-    """Plots and a Markdown summary (`out/gradients.md`) of the gradient flow of `runs`; returns the table and files."""
+    """Plots, a Markdown summary (`out/gradients.md`) and their manifest.json of the gradient flow of `runs`; returns the table and files."""
     from dla.config import load_run_config
     from dla.io import atomic_text
+    from dla.manifest import write_manifest
     from dla.report.tables import markdown_table
 
     records = {}
@@ -204,4 +205,8 @@ def gradient_report(runs: list[RunDir], out: Path) -> tuple[str, list[Path]]:
     )
     table = markdown_table(rows, columns)
     atomic_text(out / "gradients.md", table)
+    write_manifest(out, "gradients", "Gradient flow", tables=[{"file": "gradients.md"}], figures=[
+        {"file": "layers.png", "caption": "gradient norm per layer, early, middle and late in training"},
+        {"file": "first_last.png", "caption": "first- and last-layer gradient norm over the steps"},
+        {"file": "total.png", "caption": "total gradient norm (after clipping) over the steps"}])
     return table, [*paths, out / "gradients.md"]

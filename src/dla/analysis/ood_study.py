@@ -2,8 +2,9 @@
 
 Outputs go to RUN/ood/: table.md and metrics.json (one row per detector x OOD set), and per OOD
 set hist_<set>.png (ID vs OOD scores) and roc_pr_<set>.png. With the grid: odin_grid.md,
-odin_heatmap.png and odin_auroc_vs_eps.png. Everything is written into a temporary folder that
-replaces RUN/ood/ only when the command succeeds, so a failure leaves the run as it was.
+odin_heatmap.png and odin_auroc_vs_eps.png; manifest.json describes them (`dla.manifest`). Everything
+is written into a temporary folder that replaces RUN/ood/ only when the command succeeds, so a
+failure leaves the run as it was.
 """
 
 from __future__ import annotations
@@ -30,10 +31,12 @@ from dla.data.ood import (
 )
 from dla.errors import DlaError
 from dla.io import atomic_dir
+from dla.manifest import write_manifest
 from dla.report.plots import plot_heatmap, plot_roc_pr, plot_score_histograms, plt, save_figure
 from dla.report.tables import markdown_table
 from dla.rundir import RunDir
 
+TITLE = "Out-of-distribution detection"
 ODIN_TEMPERATURES = (1, 10, 100, 1000)
 ODIN_EPSILONS = (0, 0.0005, 0.001, 0.0014, 0.002, 0.0024, 0.005, 0.01, 0.02, 0.05)
 OOD_COLUMNS = (
@@ -118,6 +121,11 @@ def run_ood(
             text += "\nMean AUROC per group (as OpenOOD reports; sets in brackets):\n\n" + summary
         (out / "table.md").write_text(text)
         (out / "metrics.json").write_text(json.dumps(rows, indent=2) + "\n")
+        sets = list(dict.fromkeys(r["ood"] for r in rows))
+        write_manifest(out, "ood", TITLE, over=run.path / "ood", tables=[{"file": "table.md"}], metrics="metrics.json",
+                       figures=[f for n in sets for f in (
+                           {"file": f"hist_{n}.png", "caption": f"ID vs OOD score histograms: {n}"},
+                           {"file": f"roc_pr_{n}.png", "caption": f"ROC and precision-recall: {n}"})])
     print(text, end="")
     return rows
 
@@ -246,4 +254,7 @@ def _odin_grid(run, ood_set, data_root, n, temperatures, epsilons, seed, out, x_
     text = re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).rstrip("\n") + "\n"  # one blank line between blocks
     (out / "odin_grid.md").write_text(text)
     (out / "odin_grid.json").write_text(json.dumps(result, indent=2) + "\n")
+    write_manifest(out, "ood", TITLE, over=run.path / "ood", tables=[{"file": "odin_grid.md"}], figures=[
+        {"file": "odin_heatmap.png", "caption": f"ODIN AUROC over T × ε (validation half): {ood_set}"},
+        {"file": "odin_auroc_vs_eps.png", "caption": f"ODIN AUROC against ε (test half): {ood_set}"}])
     return result, text

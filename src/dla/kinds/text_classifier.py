@@ -72,6 +72,7 @@ class TextClassifier(RunKind):
     def finish(self, model, run, cfg, task, tracker, step):
         """`save_pretrained` of the best weights and the tokenizer (RUN/model), and the test confusion matrix."""
         from dla.models.encoder import save_pretrained
+        from dla.manifest import PLOTS_TITLE, write_manifest
         from dla.report.plots import plot_confusion
         from dla.train.tasks import macro_f1
 
@@ -82,6 +83,7 @@ class TextClassifier(RunKind):
         acc = float(confusion.trace() / confusion.sum())
         plot_confusion(confusion.long().numpy(), task.classes, run.plots / "confusion.png",
                        f"{cfg.name}: test acc {100 * acc:.2f}%, macro-F1 {macro_f1(confusion):.4f}")
+        write_manifest(run.plots, "plots", PLOTS_TITLE, [{"file": "confusion.png", "caption": "test confusion matrix"}])
 
     def prepare_eval(self, run, cfg):
         recorded = run.read_summary().get("data_files", {})

@@ -77,15 +77,6 @@ def markdown(text: str) -> str:
     return "\n".join(out)
 
 
-def markdown_rows(text: str) -> list[dict[str, str]]:
-    """The first pipe table of a Markdown text as dicts keyed by header."""
-    lines = [line.strip() for line in text.splitlines() if line.lstrip().startswith("|")]
-    if len(lines) < 2:
-        return []
-    head = [c.strip() for c in lines[0].strip("|").split("|")]
-    return [dict(zip(head, (c.strip() for c in line.strip("|").split("|")))) for line in lines[2:]]
-
-
 def _is_number(text: str) -> bool:
     try:
         float(text.replace(",", ""))

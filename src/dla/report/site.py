@@ -3,8 +3,8 @@
     report/
       index.html              every study (experiment folder or sweep) with its runs, best run, headline
       study/<name>.html       sortable table (headline metrics + the config keys that differ), overlaid
-                              curves, the study's figures (sweep plots, gradient flow, attack curves) and
-                              every run's own figures (plots/, ood/, attack/, cam/, samples)
+                              curves, the study's figures (sweep plots, gradient flow, the manifests'
+                              series overlaid across runs) and every run's own figures
       run/<name>.html         one run: summary, curves, figures, config, the command that reproduces it
       assets/                 plotly.min.js (written once, no CDN), report.css, report.js
       files/                  copied images, so the folder can be zipped and opened anywhere
@@ -12,6 +12,11 @@
 Interactive plots use plotly: its figures are JSON plus one JavaScript file that works offline,
 with hover values and legend clicks that hide a run. The site is built from run directories only;
 nothing is trained or evaluated.
+
+A run's figures, tables and series come from the manifest.json of each of its sub-folders (and a
+sweep's from its folder's), written by the study that made them (`dla.manifest`); each is shown
+under its manifest's title, in the order of `dla.manifest.STUDY_ORDER`. A new study needs no edit
+here. A folder written before manifests is shown through `legacy_manifest`.
 """
 
 from __future__ import annotations
@@ -32,15 +37,12 @@ from typing import Any
 from dla.errors import DlaError
 from dla.kind import RunKind, legacy_kind, registered
 from dla.io import atomic_dir, unique_name
-from dla.report.html import CSS, JS, esc, fmt, markdown, markdown_rows, page, sort_key, table
+from dla.manifest import legacy_manifest, read_manifest, study_rank
+from dla.report.html import CSS, JS, esc, fmt, markdown, page, sort_key, table
 from dla.report.tables import markdown_table, run_columns
 from dla.rundir import RunDir, find_runs
 from dla.yamlfile import read_yaml
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".gif", ".svg", ".webp")
-ARTEFACT_FOLDERS = ("plots", "ood", "attack", "cam")  # shown in this order, each under its own heading
-FOLDER_TITLES = {"plots": "Plots", "ood": "Out-of-distribution detection", "attack": "Adversarial attacks",
-                 "cam": "Class activation maps and detection"}
 PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
            "#bcbd22", "#17becf")
 
@@ -85,6 +87,7 @@ class Run:
     kind: RunKind
     slug: str = ""
     name: str = ""  # its name within its study
+    manifests: list[tuple[Path, dict[str, Any]]] | None = None  # (folder, manifest) of its studies, read once
 
     @property
     def status(self) -> str:
@@ -102,6 +105,8 @@ class Study:
     runs: list[Run] = field(default_factory=list)
     sweep: dict[str, Any] | None = None
     slug: str = ""
+    manifest: dict[str, Any] | None = None  # of its own folder (a sweep's plots), read once
+    read: bool = False
 
     @property
     def title(self) -> str:
@@ -341,10 +346,12 @@ def index_page(studies: list[Study], paths: list[str | Path]) -> str:
 
 def study_contents(study: Study) -> list[str]:
     """Short labels of what a study's page shows beyond the table and curves."""
-    files = (("gradient flow", "gradients.jsonl"), ("OOD", "ood"), ("attacks", "attack"), ("CAM", "cam"),
-             ("samples", "sample.txt"), ("confusion matrix", "plots/confusion.png"))
-    found = ["sweep plot"] if study.sweep and _sweep_images(study) else []
-    return found + [label for label, name in files if any((r.dir.path / name).exists() for r in study.runs)]
+    sweep = study_manifest(study)
+    found = ["sweep plot"] if sweep and any(not f.get("same_as") for f in sweep["figures"]) else []
+    if any((r.dir.path / "gradients.jsonl").is_file() for r in study.runs):
+        found.append("gradient flow")
+    found += list(dict.fromkeys(m["title"] for r in study.runs for _, m in run_manifests(r) if m["study"] != "plots"))
+    return found + (["samples"] if any(r.dir.sample.is_file() for r in study.runs) else [])
 
 
 def study_page(study: Study, root: Path) -> str:
@@ -456,10 +463,9 @@ def run_page(run: Run, study: Study, root: Path) -> str:
     if gradients:
         plotly = True
         parts.append("<h2>Gradient flow</h2>" + gradients)
-    attack = attack_curves([run])
-    if attack:
+    for title, html_ in series_plots([run]):
         plotly = True
-        parts.append("<h2>Accuracy under attack</h2>" + attack)
+        parts.append(f"<h2>{esc(title)}</h2>" + html_)
     artefacts = run_artefacts(run, root, "../")
     if artefacts:
         parts.append(artefacts)
@@ -480,71 +486,86 @@ def reproduce_command(run: Run) -> str:
 
 # ---------------------------------------------------------------- figures
 
-def run_artefacts(run: Run, root: Path, up: str) -> str:
-    """The run's own figures and tables (plots/, ood/, attack/, cam/, sample.txt), images copied into root/files."""
-    parts = []
-    for folder in ARTEFACT_FOLDERS:
-        src = run.dir.path / folder
-        if not src.is_dir():
+def folder_manifest(folder: Path, legacy: str | None) -> dict[str, Any] | None:
+    """The manifest of a study's folder; for a folder without one (written before manifests), the one
+    `legacy_manifest` builds as study `legacy` (None: no legacy view). A damaged manifest.json gets a
+    warning line and the legacy view."""
+    try:
+        manifest = read_manifest(folder)
+    except DlaError as exc:
+        print(f"dla: warning: {' '.join(str(exc).split())}; its folder is shown from its files", file=sys.stderr)
+        manifest = None
+    if manifest is None and legacy is not None:
+        manifest = legacy_manifest(folder, legacy)
+    return manifest
+
+
+def run_manifests(run: Run) -> list[tuple[Path, dict[str, Any]]]:
+    """(folder, manifest) of every study in the run's sub-folders, in the report's order of studies."""
+    if run.manifests is None:
+        folders = sorted(p for p in run.dir.path.iterdir() if p.is_dir() and not p.is_symlink())
+        found = [(f, m) for f in folders if (m := folder_manifest(f, f.name))]
+        run.manifests = sorted(found, key=lambda fm: study_rank(fm[1], fm[0].name))
+    return run.manifests
+
+
+def study_manifest(study: Study) -> dict[str, Any] | None:
+    """The manifest of the study's own folder (a sweep's plots), if it has one."""
+    if not study.read:
+        study.manifest, study.read = folder_manifest(study.folder, "sweep" if study.sweep else None), True
+    return study.manifest
+
+
+def manifest_html(folder: Path, manifest: dict[str, Any], base: Path, slug: str, root: Path, up: str,
+                  drawn: set[str]) -> str:
+    """A manifest's tables and figures (images copied to root/files/<slug>/<path under base>), leaving out
+    the entries `same_as` something in `drawn` (what the page draws itself)."""
+    notes, images = [], []
+    for entry in manifest["tables"]:
+        if entry.get("same_as") not in drawn:
+            notes.append(f'<div class="scroll">{markdown((folder / entry["file"]).read_text(errors="replace"))}</div>')
+    for entry in manifest["figures"]:
+        if entry.get("same_as") in drawn:
             continue
-        images, notes = [], []
-        for path in sorted((p for p in src.rglob("*") if p.is_file()), key=lambda p: (p.name != "table.md", p)):
-            rel = path.relative_to(run.dir.path)
-            if path.suffix.lower() in IMAGE_SUFFIXES:
-                if rel.as_posix() == "plots/curves.png" and run.history:
-                    continue  # the interactive curves show the same
-                target = root / "files" / run.slug / rel
-                if not target.exists():
-                    target.parent.mkdir(parents=True, exist_ok=True)
-                    shutil.copy2(path, target)
-                href = f"{up}files/{run.slug}/{rel.as_posix()}"
-                images.append(f'<figure><a href="{esc(href)}"><img src="{esc(href)}" alt="{esc(rel)}"></a>'
-                              f"<figcaption>{esc(_caption(rel))}</figcaption></figure>")
-            elif path.suffix == ".md":
-                notes.append(f'<div class="scroll">{markdown(path.read_text(errors="replace"))}</div>')
-        if images or notes:
-            parts.append(f"<h3>{FOLDER_TITLES[folder]}</h3>" + "".join(notes)
-                         + (f'<div class="gallery">{"".join(images)}</div>' if images else ""))
+        rel = (folder / entry["file"]).relative_to(base)
+        target = root / "files" / slug / rel
+        if not target.exists():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(folder / entry["file"], target)
+        href = f"{up}files/{slug}/{rel.as_posix()}"
+        caption = entry.get("caption") if isinstance(entry.get("caption"), str) else rel.as_posix()
+        images.append(f'<figure><a href="{esc(href)}"><img src="{esc(href)}" alt="{esc(caption)}"></a>'
+                      f"<figcaption>{esc(caption)}</figcaption></figure>")
+    metrics = manifest.get("metrics")
+    if isinstance(metrics, dict) and metrics:
+        notes.append(f'<details><summary>metrics</summary><pre>{esc(json.dumps(metrics, indent=1, default=str))}</pre>'
+                     "</details>")
+    return "".join(notes) + (f'<div class="gallery">{"".join(images)}</div>' if images else "")
+
+
+def run_artefacts(run: Run, root: Path, up: str) -> str:
+    """The run's own figures and tables, from its studies' manifests, and its generated sample."""
+    drawn = {"training-curves"} if run.history else set()
+    parts = []
+    for folder, manifest in run_manifests(run):
+        html_ = manifest_html(folder, manifest, run.dir.path, run.slug, root, up, drawn)
+        if html_:
+            parts.append(f"<h3>{esc(manifest['title'])}</h3>{html_}")
     if run.dir.sample.is_file():
         parts.append("<h3>Generated sample</h3><pre>" + esc(run.dir.sample.read_text(errors="replace")) + "</pre>")
     return "\n".join(parts)
 
 
-def _caption(rel: Path) -> str:
-    names = {"hist": "ID vs OOD score histograms", "roc_pr": "ROC and precision-recall", "odin_heatmap":
-             "ODIN AUROC over T × ε", "odin_auroc_vs_eps": "ODIN AUROC against ε", "confusion": "confusion matrix"}
-    stem = rel.stem
-    for key, text in names.items():
-        if stem == key or stem.startswith(key + "_"):
-            rest = stem[len(key) + 1:]
-            return f"{text}{': ' + rest if rest else ''}"
-    if m := re.fullmatch(r"(fgsm|pgd)_(accuracy|gallery)", stem):
-        return f"{m.group(1).upper()} {'accuracy against ε' if m.group(2) == 'accuracy' else 'gallery'}"
-    return rel.as_posix()
-
-
-def _sweep_images(study: Study) -> list[Path]:
-    return sorted(p for p in study.folder.iterdir()
-                  if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and p.name != "curves.png")
-
-
 def study_figures(study: Study, root: Path) -> list[tuple[str, str]]:
     figures = []
-    if study.sweep:
-        images = []
-        for path in _sweep_images(study):
-            target = root / "files" / study.slug / path.name
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(path, target)
-            href = f"../files/{study.slug}/{path.name}"
-            images.append(f'<figure><a href="{esc(href)}"><img src="{esc(href)}" alt="{esc(path.name)}"></a>'
-                          f"<figcaption>{esc(path.name)}</figcaption></figure>")
-        if images:
-            figures.append(("Sweep plot", f'<div class="gallery">{"".join(images)}</div>'))
+    manifest = study_manifest(study)
+    if manifest:
+        drawn = {"runs-table", *(["training-curves"] if any(r.history for r in study.runs) else [])}
+        if html_ := manifest_html(study.folder, manifest, study.folder, study.slug, root, "../", drawn):
+            figures.append((manifest["title"], html_))
     if gradients := gradient_flow(study.runs):
         figures.append(("Gradient flow", gradients))
-    if attack := attack_curves(study.runs):
-        figures.append(("Accuracy under attack", attack))
+    figures += series_plots(study.runs)
     return figures
 
 
@@ -634,31 +655,35 @@ def gradient_flow(runs: list[Run]) -> str:
     return note + _plot_html(fig, f"gradients-{runs[0].slug}-{len(runs)}")
 
 
-def attack_curves(runs: list[Run]) -> str:
-    """Test accuracy against ε (in 1/255) from RUN/attack/<method>.md, a line per run and method."""
+DASHES = ("solid", "dash", "dot", "dashdot", "longdash")
+
+
+def series_plots(runs: list[Run]) -> list[tuple[str, str]]:
+    """(title, plot) for each `plot` id among the series of the runs' manifests: every series of that id
+    overlaid, a colour per run and a dash per series name (e.g. accuracy against ε, FGSM and PGD)."""
     import plotly.graph_objects as go
 
-    fig = go.Figure()
+    plots: dict[str, list[tuple[int, Run, dict[str, Any]]]] = {}
     for i, run in enumerate(runs):
-        for path in sorted((run.dir.path / "attack").glob("*.md")):
-            points = []
-            for row in markdown_rows(path.read_text(errors="replace")):
-                try:
-                    points.append((float(row["eps x 255"]), float(row["accuracy (%)"])))
-                except (KeyError, ValueError):
-                    continue
-            if points:
-                name = f"{run.name} · {path.stem.upper()}" if len(runs) > 1 else path.stem.upper()
-                fig.add_trace(go.Scatter(x=[p[0] for p in points], y=[p[1] for p in points], mode="lines+markers",
-                                         name=name, line={"color": PALETTE[i % len(PALETTE)],
-                                                          "dash": "solid" if path.stem == "fgsm" else "dash"},
-                                         hovertemplate=f"{esc(name)}<br>ε %{{x}}/255: %{{y:.1f}}%<extra></extra>"))
-    if not fig.data:
-        return ""
-    fig.update_layout(template="plotly_white", height=360, margin={"l": 60, "r": 20, "t": 20, "b": 50},
-                      xaxis_title="ε (× 1/255)", yaxis_title="test accuracy (%)",
-                      legend={"title": {"text": "click to hide"}})
-    return _plot_html(fig, f"attack-{runs[0].slug}-{len(runs)}")
+        for _, manifest in run_manifests(run):
+            for s in manifest["series"]:
+                plots.setdefault(s["plot"], []).append((i, run, s))
+    out = []
+    for plot_id, entries in plots.items():
+        first = entries[0][2]
+        names = list(dict.fromkeys(s["name"] for _, _, s in entries))
+        fig = go.Figure()
+        for i, run, s in entries:
+            name = f"{run.name} · {s['name']}" if len(runs) > 1 else s["name"]
+            fig.add_trace(go.Scatter(
+                x=[p[0] for p in s["points"]], y=[p[1] for p in s["points"]], mode="lines+markers", name=name,
+                line={"color": PALETTE[i % len(PALETTE)], "dash": DASHES[names.index(s["name"]) % len(DASHES)]},
+                hovertemplate=f"{esc(name)}<br>{esc(str(s.get('x', 'x')))} %{{x}}: %{{y:.4g}}<extra></extra>"))
+        fig.update_layout(template="plotly_white", height=360, margin={"l": 60, "r": 20, "t": 20, "b": 50},
+                          xaxis_title=str(first.get("x", "")), yaxis_title=str(first.get("y", "")),
+                          legend={"title": {"text": "click to hide"}})
+        out.append((str(first.get("title") or plot_id), _plot_html(fig, _slug(f"{plot_id}-{runs[0].slug}-{len(runs)}"))))
+    return out
 
 
 def _short(text: str, n: int) -> str:
