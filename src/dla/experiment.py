@@ -192,6 +192,7 @@ def run_summary(
         "best_value": early.best,
         "train_time_s": round(state.elapsed_s, 2),
         **({"first_step_s": state.first_step_s} if state.first_step_s is not None else {}),
+        **({"stop_reason": state.stop_reason} if state.stop_reason else {}),
         "wall_time_s": round(wall_time_s, 2),
         "torch": torch.__version__,
         "device": str(accelerator.device),
@@ -205,15 +206,19 @@ def run_summary(
     return summary
 
 
-def evaluate_run(path: str | Path, data_root: Path | None, command: str = "dla eval") -> tuple[dict[str, Any], str]:
-    """Test metrics of a run's best weights, recomputed on its test split; written to RUN/eval.json.
+def evaluate_run(path: str | Path, data_root: Path | None, command: str = "dla eval", episodes: int | None = None,
+                 seed: int | None = None) -> tuple[dict[str, Any], str]:
+    """Test metrics of a run's best weights, recomputed on its test split (an agent: on `episodes` episodes
+    seeded from `seed`); written to RUN/eval.json.
 
     Returns the result and a line to print (for a text classifier, also its confusion matrix).
     """
     run, cfg = open_run(path, command)
+    kind = kind_of(cfg)
+    kind.eval_options(cfg, episodes, seed)  # before anything loads: a kind without episodes refuses them
     accelerator = make_accelerator(cfg.train)
     model, cfg = load_run_model(run, accelerator.device)
-    kind = kind_of(cfg)
+    kind.eval_options(cfg, episodes, seed)
     kind.prepare_eval(run, cfg)
     data = load_data(cfg, data_root, run, quiet=True)
     task = make_task(cfg, data)

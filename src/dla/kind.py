@@ -44,6 +44,7 @@ class RunKind:
     sweep_columns: tuple[tuple[str, str, str], ...] = ()  # a sweep's table.md
     report_columns: tuple[Column, ...] = ()  # the report's columns; the first is the headline
     fallback: Column | None = None  # the headline of an unfinished run (no test metric yet)
+    curve_metrics: tuple[str, ...] = ("val_acc", "val_loss")  # a sweep's curves.png: these, of every run
 
     def check(self, cfg: Any) -> None:
         """Everything about `cfg` that can be checked before any data is loaded or any file written."""
@@ -89,6 +90,17 @@ class RunKind:
     def prepare_eval(self, run: Any, cfg: Any) -> None:
         """Adjust a finished run's config before `dla eval` reloads its data (e.g. the file it trained on)."""
 
+    def sweep_figures(self, sweep_dir: Any, runs: list[tuple[str, dict, dict, list]]) -> tuple[list, list]:
+        """A sweep's own figures and tables besides table.md and curves.png, from its finished runs
+        (name, grid point, summary, metrics): ([figure entries], [table entries]) for its manifest."""
+        return [], []
+
+    def eval_options(self, cfg: Any, episodes: int | None, seed: int | None) -> None:
+        """`dla eval --episodes N --seed S`: set them in `cfg` (an agent's test episodes); others have none."""
+        if episodes is not None or seed is not None:
+            raise WrongRunKind(f"--episodes and --seed are for reinforcement-learning runs; this is {_article(self.name)} "
+                               f"{self.name} run, evaluated on its test split")
+
     predict_input = "input"  # what `dla predict` takes for this kind (JSON key): "image", "text"
 
     def predict(self, model: Any, cfg: Any, run: Any, inputs: list[str], top_k: int,
@@ -115,7 +127,7 @@ def register_kind(cls: type[RunKind]) -> type[RunKind]:
     return cls
 
 
-BUILT_IN = ("dla.kinds.image", "dla.kinds.language_model", "dla.kinds.text_classifier")
+BUILT_IN = ("dla.kinds.image", "dla.kinds.language_model", "dla.kinds.text_classifier", "dla.kinds.agent")
 _loaded = False
 
 
@@ -162,6 +174,7 @@ def _article(word: str) -> str:
 
 
 IMAGE_CLASSIFIER, LANGUAGE_MODEL, TEXT_CLASSIFIER = "image-classifier", "language-model", "text-classifier"
+RL_AGENT = "rl-agent"
 TEXT_DATA = ("inferno",)
 TOPIC_DATA = ("ag_news", "yahoo_answers_topics")
 

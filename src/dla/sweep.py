@@ -203,7 +203,7 @@ def run_sweep(name: str, overrides: list[str], data_root: Path) -> Path:
 
 
 def write_sweep_report(sweep_dir: Path, spec: SweepSpec) -> None:
-    rows, histories, points = [], {}, []
+    rows, histories, points, finished = [], {}, [], []
     for combo in spec.combos():
         run = RunDir(sweep_dir / spec.name_for(combo))
         summary = run.read_summary()
@@ -212,6 +212,7 @@ def write_sweep_report(sweep_dir: Path, spec: SweepSpec) -> None:
         name = spec.name_for(combo)
         rows.append({**summary, "name": name})
         histories[name] = run.read_metrics()
+        finished.append((name, combo, summary, histories[name]))
         if spec.plot:
             value = combo[spec.plot["series"]]
             label = {_text(k): str(v) for k, v in (spec.plot.get("series_labels") or {}).items()}.get(
@@ -225,7 +226,7 @@ def write_sweep_report(sweep_dir: Path, spec: SweepSpec) -> None:
     print(f"\n{sweep_dir}\n{table}", end="")
     figures = []
     if histories:
-        plot_overlaid(histories, sweep_dir / "curves.png")
+        plot_overlaid(histories, sweep_dir / "curves.png", metrics=kind.curve_metrics)
         figures.append({"file": "curves.png", "caption": "validation curves of every run", "same_as": "training-curves"})
     if points:
         x, y = spec.plot["x"], spec.plot.get("y", "test_acc")
@@ -241,4 +242,6 @@ def write_sweep_report(sweep_dir: Path, spec: SweepSpec) -> None:
             print(f"wrote {sweep_dir / 'table.md'}, {sweep_dir / 'curves.png'}, {out}")
         else:
             print(f"no x-plot: no finished run's summary.json has a number for sweep.plot.y={y}")
-    write_manifest(sweep_dir, "sweep", "Sweep plots", figures, [{"file": "table.md", "same_as": "runs-table"}])
+    extra_figures, extra_tables = kind.sweep_figures(sweep_dir, finished) if finished else ([], [])
+    write_manifest(sweep_dir, "sweep", "Sweep plots", figures + extra_figures,
+                   [{"file": "table.md", "same_as": "runs-table"}, *extra_tables])

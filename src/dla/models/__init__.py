@@ -1,6 +1,6 @@
 """Models by name: `MODELS[name]` holds the config dataclass and the builder."""
 
-from dla.models import cnn, encoder, gpt, mlp  # noqa: F401  (register "cnn", "hf-encoder", "gpt" and "mlp")
+from dla.models import cnn, encoder, gpt, mlp, policy  # noqa: F401  (register "cnn", "hf-encoder", "gpt", "mlp", "policy-*")
 from dla.models.registry import (
     MODELS,
     Classifier,

@@ -213,3 +213,35 @@ def plot_confusion(confusion: Any, classes: tuple[str, ...], path: Path, title: 
         ax=ax, colorbar=False, xticks_rotation=45, cmap="Blues", values_format="d")
     ax.set_title(title, fontsize=9)
     return save_figure(fig, path)
+
+
+def plot_returns(curves: dict[str, list[list[dict[str, Any]]]], path: Path, title: str = "",
+                 x: str = "train_episodes") -> Path:
+    """Mean evaluation return against `x` (episodes or env steps), one line per label: over one run, the band
+    is the std across its evaluation episodes; over several seeds, the mean and std across seeds."""
+    import numpy as np
+
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for label, histories in curves.items():
+        histories = [h for h in histories if h]
+        if not histories:
+            continue
+        longest = max(histories, key=len)
+        xs = np.array([r.get(x, r["epoch"]) for r in longest], dtype=float)
+        if len(histories) == 1:
+            mean = np.array([r["val_return"] for r in longest])
+            std = np.array([r.get("val_return_std", 0.0) for r in longest])
+            what = f"{label}"
+        else:  # round i over the seeds that ran it (a run stopped when solved ends early); x: the longest run's
+            ys = [np.array([h[i]["val_return"] for h in histories if len(h) > i]) for i in range(len(longest))]
+            mean, std = np.array([y.mean() for y in ys]), np.array([y.std() for y in ys])
+            what = f"{label} ({len(histories)} seeds)"
+        ax.plot(xs, mean, label=what)
+        ax.fill_between(xs, mean - std, mean + std, alpha=0.2)
+    ax.set_xlabel(x.removeprefix("train_").replace("_", " "))
+    ax.set_ylabel("mean evaluation return")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    ax.set_title(title, fontsize=9)
+    return save_figure(fig, path)

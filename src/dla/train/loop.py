@@ -39,6 +39,7 @@ class FitState:
     first_step_s: float | None = None  # seconds from `origin` to the end of the first step (not when resumed)
     origin: float = field(default_factory=lambda: STARTED, repr=False)  # perf_counter() the start-up counts from
     history: list[dict[str, Any]] = field(default_factory=list)
+    stop_reason: str | None = None  # why the task ended the run before its last round (e.g. "solved")
 
 
 def rng_state(generator: torch.Generator) -> dict[str, Any]:
@@ -85,8 +86,10 @@ def fit(
 
     for cb in callbacks:
         cb.on_fit_start(run, tracker, raw_model, state.step)
+    task.attach(model)
+    stop = task.stop_reason(state.history[-1]) if state.history else None  # a resumed run that had reached its goal
     try:
-        while state.epoch < task.rounds(cfg) and not early.should_stop:
+        while state.epoch < task.rounds(cfg) and not early.should_stop and stop is None:
             epoch = state.epoch + 1
             started = time.perf_counter()
             sums = train_round(model, optimizer, scheduler, task, cfg, accelerator, generator, state, epoch, on_step, run)
@@ -115,7 +118,7 @@ def fit(
                     save_weights(raw_model, run.best_weights, {"epoch": str(epoch), "step": str(state.step)})
                 save_state(training_state(raw_model, optimizer, scheduler, generator, early, state, task), run.last_state)
                 run.append_metrics(record)
-                tracker.log(record, step=state.step if unit == "round" else epoch)
+                tracker.log(record, step=record[task.x_axis] if task.x_axis else state.step if unit == "round" else epoch)
             if main:
                 where = f"{unit} {epoch:3d}" if unit == "epoch" else f"step {state.step:6d}"
                 metrics = "  ".join(
@@ -124,11 +127,15 @@ def fit(
                 tqdm.write(f"{where}  {metrics}  lr {record['lr']:.2e}  {epoch_time:.1f}s{' *' if record['best'] else ''}")
             for cb in callbacks:
                 cb.on_epoch_end(record, raw_model)
+            stop = task.stop_reason(record)
     finally:
         for cb in callbacks:
             cb.on_fit_end()
     if early.should_stop and main:
         tqdm.write(f"early stop: no {early.monitor} improvement for {early.patience} {unit}s; best {unit} {early.best_epoch}")
+    if stop is not None and main:
+        tqdm.write(f"stopped after {unit} {state.epoch}: {stop}")
+    state.stop_reason = stop
     accelerator.wait_for_everyone()
     if run is not None and run.best_weights.is_file():
         load_weights(raw_model, run.best_weights)
@@ -154,7 +161,8 @@ def train_round(
     sums: dict[str, torch.Tensor] = {}  # the task's step stats, summed over the round
     pending: list[torch.Tensor] = []
     quiet = None if accelerator.is_main_process else True  # None: a bar only on a terminal
-    desc = f"epoch {epoch}/{cfg.epochs}" if task.unit == "epoch" else f"steps to {state.step + steps}/{cfg.max_steps}"
+    desc = (f"epoch {epoch}/{cfg.epochs}" if task.unit == "epoch" else f"steps to {state.step + steps}/{cfg.max_steps}"
+            if cfg.max_steps else f"{task.unit} {epoch}/{task.rounds(cfg)}")
     bar = tqdm(total=steps, desc=desc, leave=False, disable=quiet)
     unwrapped = accelerator.unwrap_model(model)  # for input gradients only: no DDP gradient sync
     for i, batch in enumerate(task.batches(cfg, generator, accelerator, steps)):

@@ -58,6 +58,15 @@ class Task:
 
     unit = "epoch"  # what a round is called in progress bars and messages
     metrics: tuple[str, ...] = ("loss", "acc")  # what `evaluate` returns: train.monitor is one of val_<these>
+    x_axis: str | None = None  # the record key the tracker logs against (None: the step, or the epoch)
+
+    def attach(self, model: nn.Module) -> None:
+        """The model being trained, before the first round: for a task that acts with it while it makes its
+        batches (a reinforcement-learning agent collects experience with its policy)."""
+
+    def stop_reason(self, record: dict[str, Any]) -> str | None:
+        """After a round's record: why training should end now (e.g. "solved"), or None to go on."""
+        return None
 
     def total_steps(self, cfg: TrainConfig) -> int:
         raise NotImplementedError
