@@ -161,6 +161,7 @@ class Agent(RunKind):
         algos = {s["algo"] for _, _, s, _ in runs}
         x = "train_episodes" if algos == {"reinforce"} else "train_env_steps"
         plot_returns({label: [h for _, h in members] for label, members in variants.items()}, sweep_dir / "returns.png",
-                     f"{sweep_dir.parent.name}: greedy evaluation return, mean +- std across seeds", x)
+                     f"{sweep_dir.parent.name}: greedy evaluation return, mean +- std across seeds\n"
+                     "(a run stopped when solved counts with its last evaluation after it stopped)", x)
         return ([{"file": "returns.png", "caption": "evaluation return, mean and std across seeds, per variant"}],
                 [{"file": "solved.md", "caption": "seeds solved and the median cost of solving, per variant"}])

@@ -233,9 +233,9 @@ def plot_returns(curves: dict[str, list[list[dict[str, Any]]]], path: Path, titl
             mean = np.array([r["val_return"] for r in longest])
             std = np.array([r.get("val_return_std", 0.0) for r in longest])
             what = f"{label}"
-        else:  # round i over the seeds that ran it (a run stopped when solved ends early); x: the longest run's
-            ys = [np.array([h[i]["val_return"] for h in histories if len(h) > i]) for i in range(len(longest))]
-            mean, std = np.array([y.mean() for y in ys]), np.array([y.std() for y in ys])
+        else:  # a run that ended early (stopped when solved) keeps its last evaluation from then on
+            ys = np.array([[h[min(i, len(h) - 1)]["val_return"] for i in range(len(longest))] for h in histories])
+            mean, std = ys.mean(0), ys.std(0)
             what = f"{label} ({len(histories)} seeds)"
         ax.plot(xs, mean, label=what)
         ax.fill_between(xs, mean - std, mean + std, alpha=0.2)
