@@ -240,3 +240,15 @@ def test_a_dqn_run_killed_and_resumed_ends_as_an_uninterrupted_one(tmp_path):
     drop = ("epoch_time_s", "steps_time_s", "elapsed_s")
     rounds = lambda p: [{k: v for k, v in json.loads(x).items() if k not in drop} for x in p.read_text().splitlines()]  # noqa: E731
     assert rounds(ref.parent / "metrics.jsonl") == rounds(run / "metrics.jsonl")
+
+
+def test_the_baselines_sweep_writes_its_variant_table_and_seed_bands(tmp_path):
+    """dla sweep lab4-baselines narrowed to one seed: four variants, solved.md with a row each, returns.png,
+    both in the sweep's manifest."""
+    assert main(["sweep", "lab4-baselines", "budget=smoke", "seed=0", f"runs_dir={tmp_path}", *TINY]) == 0
+    (sweep,) = (tmp_path / "lab4-baselines").iterdir()
+    rows = [line for line in (sweep / "solved.md").read_text().splitlines() if line.startswith("| standardize=")]
+    assert len(rows) == 4 and all("/1 |" in row for row in rows)
+    manifest = json.loads((sweep / "manifest.json").read_text())
+    assert {"returns.png", "curves.png"} <= {f["file"] for f in manifest["figures"]}
+    assert "solved.md" in {t["file"] for t in manifest["tables"]}
