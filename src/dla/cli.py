@@ -76,12 +76,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_play(args: argparse.Namespace) -> int:
     from dla.rl.play import play
 
-    out = Path(args.out) if args.out else None
-    if out is not None and not out.parent.is_dir():  # before the run is read
-        raise DlaError(f"--out {out}: folder {out.parent} does not exist")
-    if out is not None and out.suffix.lower() != ".gif":
-        raise DlaError(f"--out {out}: an animated GIF is written; give a .gif file")
-    out, returns = play(args.run, args.episodes, out, args.seed)
+    out, returns = play(args.run, args.episodes, Path(args.out) if args.out else None, args.seed)
     print(f"{out}: {len(returns)} episode(s), returns " + ", ".join(f"{r:.1f}" for r in returns))
     return 0
 

@@ -27,9 +27,11 @@ def play(run_path: str | Path, episodes: int = 1, out: Path | None = None, seed:
 
     os.environ.setdefault("SDL_VIDEODRIVER", "dummy")  # pygame renders off-screen: no display, no warnings
     os.environ.setdefault("SDL_AUDIODRIVER", "dummy")
-    run, _ = open_run(run_path, "dla play")
-    if out is not None and not out.parent.is_dir():
+    if out is not None and not out.parent.is_dir():  # before the run is read
         raise DlaError(f"--out {out}: folder {out.parent} does not exist")
+    if out is not None and out.suffix.lower() != ".gif":
+        raise DlaError(f"--out {out}: an animated GIF is written; give a .gif file")
+    run, _ = open_run(run_path, "dla play")
     model, cfg = load_run_model(run)
     policy = greedy(model)
     out = out or run.plots / "play.gif"
