@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+import numpy as np
 import torch
 
 from dla.cli import main
@@ -77,10 +78,16 @@ def test_dqn_target_with_and_without_terminal_states():
 
 def test_replay_buffer_wraps_and_round_trips():
     buf = ReplayBuffer(3, (2,), torch.float32)
-    obs = torch.arange(8.0).view(4, 2)
-    buf.add(obs, obs + 1, torch.tensor([0, 1, 0, 1]), torch.tensor([1.0, 2.0, 3.0, 4.0]), torch.zeros(4))
+    obs = np.arange(8.0, dtype=np.float32).reshape(4, 2)
+    buf.add(obs[:2], obs[:2] + 1, np.array([0, 1]), np.array([1.0, 2.0]), np.zeros(2))
+    assert len(buf) == 2 and buf.pos == 2 and not buf.full
+    buf.add(obs[2:], obs[2:] + 1, np.array([0, 1]), np.array([3.0, 4.0]), np.array([0.0, 1.0]))
     assert len(buf) == 3 and buf.pos == 1 and buf.full
-    assert buf.rewards.tolist() == [4.0, 2.0, 3.0]
+    assert buf.rewards.tolist() == [4.0, 2.0, 3.0] and buf.terminated.tolist() == [1.0, 0.0, 0.0]
+    assert buf.obs[0].tolist() == [6.0, 7.0] and buf.next_obs[0].tolist() == [7.0, 8.0]
+    once = ReplayBuffer(3, (2,), torch.float32)  # more transitions than rows at once: the last 3 stay, in ring order
+    once.add(obs, obs + 1, np.array([0, 1, 0, 1]), np.array([1.0, 2.0, 3.0, 4.0]), np.zeros(4))
+    assert once.rewards.tolist() == [4.0, 2.0, 3.0] and once.pos == 1 and once.full
     other = ReplayBuffer(3, (2,), torch.float32)
     other.load_state_dict(buf.state_dict())
     g1, g2 = torch.Generator().manual_seed(0), torch.Generator().manual_seed(0)
@@ -127,6 +134,11 @@ def test_ppo_clipped_objective_by_hand():
     policy, *_ = ppo_loss(logits, actions, old_logp, neg, values, returns, weight, 0.2, False)
     assert torch.allclose(policy, torch.tensor(-(-1.5 - 1.0) / 2))
     assert explained_variance(torch.tensor([1.0, 2.0]), torch.tensor([1.0, 2.0])) == 1.0
+    # no weight (the loop drops reset rows before minibatching): the same numbers as weighting them 0
+    kept = [x[:2] for x in (logits, actions, old_logp, neg, values, returns)]
+    masked = ppo_loss(logits, actions, old_logp, neg, values, returns, weight, 0.2, True)
+    dropped = ppo_loss(*kept, None, 0.2, True)
+    assert all(torch.allclose(a, b) for a, b in zip(masked, dropped))
 
 
 # -------------------------------------------------------------------------------------- behaviour

@@ -51,12 +51,22 @@ class ReplayBuffer:
     def __len__(self) -> int:
         return self.size if self.full else self.pos
 
-    def add(self, obs, next_obs, actions, rewards, terminated) -> None:
-        for i in range(len(actions)):
-            self.obs[self.pos], self.next_obs[self.pos] = obs[i], next_obs[i]
-            self.actions[self.pos], self.rewards[self.pos], self.terminated[self.pos] = actions[i], rewards[i], terminated[i]
-            self.pos = (self.pos + 1) % self.size
-            self.full = self.full or self.pos == 0
+    def add(self, obs: np.ndarray, next_obs: np.ndarray, actions: np.ndarray, rewards: np.ndarray,
+            terminated: np.ndarray) -> None:
+        """Append a batch of transitions (numpy, one row each), overwriting the oldest when full."""
+        n = len(actions)
+        if n > self.size:  # only the last `size` would stay: write those alone (no row written twice)
+            self.pos, self.full = (self.pos + n - self.size) % self.size, True
+            obs, next_obs, actions, rewards, terminated = (x[-self.size:] for x in (obs, next_obs, actions, rewards, terminated))
+            n = self.size
+        rows = torch.from_numpy((self.pos + np.arange(n)) % self.size)
+        self.obs[rows] = torch.from_numpy(obs).to(self.obs.dtype)
+        self.next_obs[rows] = torch.from_numpy(next_obs).to(self.obs.dtype)
+        self.actions[rows] = torch.from_numpy(actions).long()
+        self.rewards[rows] = torch.from_numpy(np.asarray(rewards, dtype=np.float32))
+        self.terminated[rows] = torch.from_numpy(np.asarray(terminated, dtype=np.float32))
+        self.full = self.full or self.pos + n >= self.size
+        self.pos = (self.pos + n) % self.size
 
     def sample(self, n: int, generator: torch.Generator):
         rows = torch.randint(len(self), (n,), generator=generator)
@@ -115,27 +125,31 @@ class DQNTask(AgentTask):
             self.target.load_state_dict(self.target_state)
 
     def batches(self, cfg, generator, accelerator, steps):
-        model, rl = self.model, self.rl
+        model, rl, n = self.model, self.rl, self.num_envs
         obs = self.start_round()
+        online = [*model.parameters(), *model.buffers()]
+        target = [*self.target.parameters(), *self.target.buffers()]
         for chunk in self._chunks_of_round(self.round_index - 1):
+            # a chunk's exploration draws at once: which env steps explore, and their random actions
+            explore = torch.rand(self.chunk_steps, n, generator=generator).numpy()
+            random = torch.randint(self.info.n_actions, (self.chunk_steps, n), generator=generator).numpy()
             with torch.no_grad():
-                for _ in range(self.chunk_steps):
+                for t in range(self.chunk_steps):
                     self.eps = epsilon(self.env_steps, rl.total_steps, rl.eps_start, rl.eps_end, rl.eps_fraction)
-                    x = to_tensor(obs)
-                    action = model(x).argmax(-1)
-                    explore = torch.rand(self.num_envs, generator=generator) < self.eps
-                    if explore.any():
-                        random = torch.randint(self.info.n_actions, (self.num_envs,), generator=generator)
-                        action = torch.where(explore, random, action)
-                    next_obs, reward, terminated, truncated, valid = self.env_step(action.numpy())
-                    keep = np.flatnonzero(valid)
-                    if len(keep):
-                        self.buffer.add(x[keep], to_tensor(next_obs)[keep], action[keep],
-                                        torch.as_tensor(reward[keep], dtype=torch.float32),
-                                        torch.as_tensor(terminated[keep], dtype=torch.float32))
+                    explores = explore[t] < self.eps
+                    if explores.all():  # no need to ask the net
+                        action = random[t]
+                    else:
+                        action = np.where(explores, random[t], model(to_tensor(obs)).argmax(-1).numpy())
+                    next_obs, reward, terminated, truncated, valid = self.env_step(action)
+                    if valid.all():
+                        self.buffer.add(obs, next_obs, action, reward, terminated)
+                    elif valid.any():
+                        self.buffer.add(obs[valid], next_obs[valid], action[valid], reward[valid], terminated[valid])
                     obs = next_obs
                     if self.env_steps - self.last_target_copy >= rl.target_update:
-                        self.target.load_state_dict(model.state_dict())
+                        for mine, theirs in zip(target, online):
+                            mine.copy_(theirs)
                         self.last_target_copy = self.env_steps
             if self._trains(chunk):
                 for _ in range(rl.gradient_steps):

@@ -9,7 +9,7 @@ advantages; then `rl.update_epochs` passes over the rollout in shuffled minibatc
 
 with ratio = pi(a|s) / pi_old(a|s) and R = A + v_old(s), advantages standardised per minibatch
 (`rl.norm_adv`), as stable-baselines3's PPO (no value clipping). A step that only reset an env
-(gymnasium's next-step autoreset) has weight 0 in every mean. A truncated episode (time limit, or
+(gymnasium's next-step autoreset) is not experience: it is dropped before the minibatches. A truncated episode (time limit, or
 the end of a rollout) bootstraps from v of its final observation; a terminated one from 0.
 """
 
@@ -22,7 +22,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from dla.rl.envs import to_tensor
 from dla.rl.task import AgentTask
 
 
@@ -44,13 +43,14 @@ def gae(rewards: torch.Tensor, values: torch.Tensor, terminated: torch.Tensor, d
     return adv
 
 
-def masked_mean(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    return (x * w).sum() / w.sum().clamp_min(1.0)
+def masked_mean(x: torch.Tensor, w: torch.Tensor | None) -> torch.Tensor:
+    return x.mean() if w is None else (x * w).sum() / w.sum().clamp_min(1.0)
 
 
 def ppo_loss(logits, actions, old_logp, advantages, values, returns, weight, clip: float, norm_adv: bool):
     """(policy loss, value loss, entropy, clip fraction, approx KL) of one minibatch; `weight` is 0 for rows
-    that are not experience (a reset step)."""
+    that are not experience (a reset step), or None when every row is (the training loop drops the others
+    before it makes minibatches: fewer operations per update than masking them)."""
     logp_all = F.log_softmax(logits, dim=-1)
     logp = logp_all.gather(-1, actions.unsqueeze(-1)).squeeze(-1)
     if norm_adv:
@@ -98,55 +98,60 @@ class PPOTask(AgentTask):
         return self.rollouts * self.rl.update_epochs * self.minibatches
 
     def _buffers(self):
+        """The rollout's storage, allocated once: observations and per-step env outputs in numpy (the env
+        writes there, and a step's observation reaches the policy as a zero-copy tensor view), the policy's
+        outputs in torch."""
         T, N, shape = self.rl.n_steps, self.num_envs, self.info.obs_shape
-        dtype = torch.uint8 if self.info.image else torch.float32
-        self.b_obs = torch.zeros((T + 1, N, *shape), dtype=dtype)
+        self.b_obs = np.zeros((T + 1, N, *shape), dtype=np.uint8 if self.info.image else np.float32)
+        self.b_env = np.zeros((4, T, N), dtype=np.float32)  # reward, terminated, done, valid
         self.b_act = torch.zeros((T, N), dtype=torch.long)
-        self.b_logp, self.b_rew = torch.zeros(T, N), torch.zeros(T, N)
+        self.b_logp = torch.zeros(T, N)
         self.b_val = torch.zeros(T + 1, N)
-        self.b_term, self.b_done, self.b_valid = torch.zeros(T, N), torch.zeros(T, N), torch.zeros(T, N)
 
     def batches(self, cfg, generator, accelerator, steps):
         if not hasattr(self, "b_obs"):
             self._buffers()
         model = self.model
         obs = self.start_round()
+        b_obs, b_env = self.b_obs, self.b_env
         for _ in range(steps // (self.rl.update_epochs * self.minibatches)):
             with torch.no_grad():  # collect a rollout
                 for t in range(self.rl.n_steps):
-                    self.b_obs[t] = to_tensor(obs)
-                    x = self.b_obs[t]
+                    b_obs[t] = obs
+                    x = torch.from_numpy(b_obs[t])
                     logits = model(x)
                     self.b_val[t] = model.value(x)
                     logp_all = F.log_softmax(logits, dim=-1)
-                    action = torch.multinomial(logp_all.exp(), 1, generator=generator).squeeze(1)
-                    self.b_logp[t] = logp_all.gather(1, action.unsqueeze(1)).squeeze(1)
-                    self.b_act[t] = action
-                    obs, reward, terminated, truncated, valid = self.env_step(action.numpy())
-                    self.b_rew[t] = torch.from_numpy(np.asarray(reward, dtype=np.float32))
-                    self.b_term[t] = torch.from_numpy(terminated.astype(np.float32))
-                    self.b_done[t] = torch.from_numpy((terminated | truncated).astype(np.float32))
-                    self.b_valid[t] = torch.from_numpy(valid.astype(np.float32))
-                self.b_obs[-1] = to_tensor(obs)
-                self.b_val[-1] = model.value(self.b_obs[-1])
-                adv = gae(self.b_rew, self.b_val, self.b_term, self.b_done, self.rl.gamma, self.rl.gae_lambda)
-                adv *= self.b_valid
+                    action = torch.multinomial(logp_all.exp(), 1, generator=generator)
+                    self.b_logp[t] = logp_all.gather(1, action).squeeze(1)
+                    self.b_act[t] = action.squeeze(1)
+                    obs, b_env[0, t], b_env[1, t], truncated, b_env[3, t] = self.env_step(self.b_act[t].numpy())
+                    b_env[2, t] = np.logical_or(b_env[1, t], truncated)  # done: the episode ended
+                b_obs[-1] = obs
+                obs_t = torch.from_numpy(b_obs)
+                self.b_val[-1] = model.value(obs_t[-1])
+                rew, term, done, weight = torch.from_numpy(b_env)
+                adv = gae(rew, self.b_val, term, done, self.rl.gamma, self.rl.gae_lambda)
+                adv *= weight
                 returns = adv + self.b_val[:-1]
                 flat = lambda x: x.reshape(self.rollout, *x.shape[2:])  # noqa: E731
-                data = (flat(self.b_obs[:-1]), flat(self.b_act), flat(self.b_logp), flat(adv), flat(returns),
-                        flat(self.b_valid))
-                valid = data[5] > 0
-                self.explained.append(explained_variance(flat(self.b_val[:-1])[valid], data[4][valid]))
+                valid = flat(weight) > 0  # the experience: not the steps that only reset an env
+                data = tuple(flat(x)[valid] for x in (obs_t[:-1], self.b_act, self.b_logp, adv, returns))
+                self.explained.append(explained_variance(flat(self.b_val[:-1])[valid], data[4]))
+            rows = len(data[0])
             for _ in range(self.rl.update_epochs):
-                order = torch.randperm(self.rollout, generator=generator)
-                for i in range(self.minibatches):
-                    rows = order[i * self.batch_size:(i + 1) * self.batch_size]
-                    yield tuple(x[rows] for x in data)
+                # always `minibatches` updates per epoch (the schedule counts them in advance): when reset steps
+                # were dropped, the minibatches are that much smaller than train.batch_size
+                order = torch.randperm(rows, generator=generator)
+                if rows < self.minibatches:  # (a tiny train.batch_size) no empty minibatch
+                    order = order.repeat(math.ceil(self.minibatches / rows))[:self.minibatches]
+                for part in order.tensor_split(self.minibatches):
+                    yield tuple(x[part] for x in data)
 
     def step(self, model, batch, cfg, unwrapped, generator):
-        obs, actions, old_logp, adv, returns, weight = batch
+        obs, actions, old_logp, adv, returns = batch
         policy_loss, value_loss, entropy, clip_frac, approx_kl = ppo_loss(
-            model(obs), actions, old_logp, adv, unwrapped.value(obs), returns, weight, self.rl.clip, self.rl.norm_adv)
+            model(obs), actions, old_logp, adv, unwrapped.value(obs), returns, None, self.rl.clip, self.rl.norm_adv)
         loss = policy_loss + self.rl.value_coef * value_loss - self.rl.entropy_coef * entropy
         stats = {"loss": loss.detach(), "policy_loss": policy_loss.detach(), "value_loss": value_loss.detach(),
                  "entropy": entropy.detach(), "clip_frac": clip_frac, "approx_kl": approx_kl, "updates": torch.ones(())}
