@@ -53,6 +53,9 @@ def test_weight_decay_only_on_matrices_and_kernels(family):
     if family == "encoder":
         assert not any("LayerNorm" in n or n.endswith(".bias") for n in decayed)
         assert "classifier.weight" in decayed
+    plain = build_optimizer(model, OptimConfig(name="adam"))  # no decay: one group of every parameter, fused
+    assert len(plain.param_groups) == 1 and plain.param_groups[0]["fused"]
+    assert {id(p) for p in plain.param_groups[0]["params"]} == {id(p) for p in model.parameters()}
 
 
 def test_lion_follows_the_papers_update_rule():

@@ -15,6 +15,7 @@ the end of a rollout) bootstraps from v of its final observation; a terminated o
 
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Any
 
@@ -47,7 +48,8 @@ def masked_mean(x: torch.Tensor, w: torch.Tensor | None) -> torch.Tensor:
     return x.mean() if w is None else (x * w).sum() / w.sum().clamp_min(1.0)
 
 
-def ppo_loss(logits, actions, old_logp, advantages, values, returns, weight, clip: float, norm_adv: bool):
+def ppo_loss(logits, actions, old_logp, advantages, values, returns, weight, clip: float, norm_adv: bool,
+             entropy_grad: bool = True):
     """(policy loss, value loss, entropy, clip fraction, approx KL) of one minibatch; `weight` is 0 for rows
     that are not experience (a reset step), or None when every row is (the training loop drops the others
     before it makes minibatches: fewer operations per update than masking them)."""
@@ -62,7 +64,8 @@ def ppo_loss(logits, actions, old_logp, advantages, values, returns, weight, cli
     surrogate = torch.min(ratio * advantages, ratio.clamp(1 - clip, 1 + clip) * advantages)
     policy_loss = -masked_mean(surrogate, weight)
     value_loss = masked_mean((values - returns) ** 2, weight)
-    entropy = masked_mean(-(logp_all.exp() * logp_all).sum(-1), weight)
+    with torch.no_grad() if entropy_grad is False else contextlib.nullcontext():  # logged, not trained, at coef 0
+        entropy = masked_mean(-(logp_all.exp() * logp_all).sum(-1), weight)
     with torch.no_grad():
         clip_frac = masked_mean(((ratio - 1).abs() > clip).float(), weight)
         approx_kl = masked_mean((ratio - 1) - log_ratio, weight)
@@ -151,8 +154,11 @@ class PPOTask(AgentTask):
     def step(self, model, batch, cfg, unwrapped, generator):
         obs, actions, old_logp, adv, returns = batch
         policy_loss, value_loss, entropy, clip_frac, approx_kl = ppo_loss(
-            model(obs), actions, old_logp, adv, unwrapped.value(obs), returns, None, self.rl.clip, self.rl.norm_adv)
-        loss = policy_loss + self.rl.value_coef * value_loss - self.rl.entropy_coef * entropy
+            model(obs), actions, old_logp, adv, unwrapped.value(obs), returns, None, self.rl.clip, self.rl.norm_adv,
+            entropy_grad=self.rl.entropy_coef > 0)
+        loss = policy_loss + self.rl.value_coef * value_loss
+        if self.rl.entropy_coef > 0:
+            loss = loss - self.rl.entropy_coef * entropy
         stats = {"loss": loss.detach(), "policy_loss": policy_loss.detach(), "value_loss": value_loss.detach(),
                  "entropy": entropy.detach(), "clip_frac": clip_frac, "approx_kl": approx_kl, "updates": torch.ones(())}
         return loss, stats

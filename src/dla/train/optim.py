@@ -20,6 +20,8 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     for p in model.parameters():
         if p.requires_grad:
             (no_decay if p.ndim < 2 or id(p) in embeddings else decay).append(p)
+    if weight_decay == 0:  # nothing to tell apart: one group (one optimiser kernel call per step, not two)
+        return [{"params": decay + no_decay, "weight_decay": 0.0}]
     groups = [{"params": decay, "weight_decay": weight_decay}]
     if no_decay:
         groups.append({"params": no_decay, "weight_decay": 0.0})
