@@ -64,7 +64,7 @@ def ppo_loss(logits, actions, old_logp, advantages, values, returns, weight, cli
     surrogate = torch.min(ratio * advantages, ratio.clamp(1 - clip, 1 + clip) * advantages)
     policy_loss = -masked_mean(surrogate, weight)
     value_loss = masked_mean((values - returns) ** 2, weight)
-    with torch.no_grad() if entropy_grad is False else contextlib.nullcontext():  # logged, not trained, at coef 0
+    with contextlib.nullcontext() if entropy_grad else torch.no_grad():  # logged, not trained, at coef 0
         entropy = masked_mean(-(logp_all.exp() * logp_all).sum(-1), weight)
     with torch.no_grad():
         clip_frac = masked_mean(((ratio - 1).abs() > clip).float(), weight)
@@ -134,8 +134,7 @@ class PPOTask(AgentTask):
                 obs_t = torch.from_numpy(b_obs)
                 self.b_val[-1] = model.value(obs_t[-1])
                 rew, term, done, weight = torch.from_numpy(b_env)
-                adv = gae(rew, self.b_val, term, done, self.rl.gamma, self.rl.gae_lambda)
-                adv *= weight
+                adv = gae(rew, self.b_val, term, done, self.rl.gamma, self.rl.gae_lambda)  # reset rows: dropped below
                 returns = adv + self.b_val[:-1]
                 flat = lambda x: x.reshape(self.rollout, *x.shape[2:])  # noqa: E731
                 valid = flat(weight) > 0  # the experience: not the steps that only reset an env
