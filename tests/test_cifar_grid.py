@@ -30,7 +30,7 @@ def test_cpu_cifar_preset_resolves_to_the_documented_settings():
     cfg = load_experiment("lab1-cnn", ["budget=cpu-cifar", "data=cifar10", "model.depth=48", "model.residual=true"])
     assert (cfg.model.width, cfg.model.fc_width, cfg.model.head) == (8, 128, "original")
     assert (cfg.train.epochs, cfg.train.patience, cfg.train.monitor, cfg.train.batch_size) == (10, 4, "val_acc", 128)
-    assert (cfg.train.precision, cfg.train.channels_last, cfg.train.compile) == ("bf16", True, False)
+    assert (cfg.train.precision, cfg.train.channels_last, cfg.train.compile) == ("auto", True, False)
     assert (cfg.data.name, cfg.data.augment, cfg.data.val_size, cfg.data.test_subset) == ("cifar10", "crop-flip", 5000, None)
     assert cfg.sched.name == "onecycle"
     assert cfg.presets == {"budget": "cpu-cifar"}

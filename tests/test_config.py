@@ -33,7 +33,7 @@ def test_aliases_and_presets():
         ("optim.name=adm", "optim.name: 'adm' is not valid; choose one of sgd, adamw, adam"),
         ("train.epochs=two", "train.epochs: expected an integer"),
         ("train.epochs=0", "train.epochs: must be > 0"),
-        ("train.precision=fp8", "choose one of fp32, bf16"),
+        ("train.precision=fp8", "choose one of auto, fp32, bf16"),
         ("data=imagenet", "data.name: 'imagenet' is not valid"),
         ("model.hidden=[0]", "model.hidden: widths must be > 0"),
         ("model.name=vit", "model.name: 'vit' is not a model"),
@@ -57,3 +57,29 @@ def test_unknown_experiment_lists_available():
 def test_resolved_config_round_trips():
     cfg = load_experiment("lab1-mlp", ["optim.lr=0.01", "model.hidden=[32]"])
     assert from_dict(to_dict(cfg)) == cfg
+
+
+@pytest.mark.parametrize("native, precision, compiled", [(True, "bf16", True), (False, "fp32", False)])
+def test_auto_precision_and_compile_follow_the_cpu(monkeypatch, native, precision, compiled):
+    from dla import device
+
+    monkeypatch.setattr(device, "cpu_has_bf16", lambda: native)
+    monkeypatch.setattr(device.torch.cuda, "is_available", lambda: False)
+    train = load_experiment("lab2-gpt-char", ["train.device=auto"]).train
+    assert (train.precision, train.compile) == ("auto", "auto")
+    device.resolve_execution(train)
+    assert (train.precision, train.compile) == (precision, compiled)
+    # explicit settings are kept as they are
+    train = load_experiment("lab2-gpt-char", ["train.precision=bf16", "train.compile=false"]).train
+    device.resolve_execution(train)
+    assert (train.precision, train.compile) == ("bf16", False)
+
+
+def test_explicit_bf16_on_a_cpu_that_emulates_it_gets_one_note(monkeypatch, capsys):
+    from dla import device
+
+    monkeypatch.setattr(device, "cpu_has_bf16", lambda: False)
+    monkeypatch.setattr(device, "_warned_bf16", False)
+    for _ in range(2):
+        device.resolve_execution(load_experiment("lab2-gpt-char", ["train.precision=bf16", "train.device=cpu"]).train)
+    assert capsys.readouterr().out.count("bf16 autocast is emulated here") == 1

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from dla.errors import ConfigError
-from dla.models.gpt import GPT, GPTConfig, apply_rope, rope_tables, sample_next
+from dla.models.gpt import GPT, GPTConfig, apply_rope, rope_rotate, rope_tables, rope_tables2, sample_next
 
 
 def tiny(**kw) -> GPT:
@@ -97,3 +97,25 @@ def test_sampling_respects_seed_top_k_and_top_p():
     # top_p 0.6: softmax is [0.64, 0.23, ...], so only the first token survives
     assert {int(sample_next(logits, 1.0, None, 0.6, gen)) for _ in range(100)} == {0}
     assert {int(sample_next(logits, 1.0, None, 0.8, gen)) for _ in range(300)} == {0, 1}
+
+
+def test_fused_rope_equals_the_reference_rotation_to_the_bit():
+    torch.manual_seed(0)
+    cos, sin = rope_tables(16, 12, 10000.0)
+    cos2, sin2 = rope_tables2(cos, sin)
+    x = torch.randn(3, 12, 5, 16)  # (B, T, H, D)
+    reference = apply_rope(x.transpose(1, 2), cos, sin).transpose(1, 2)  # (B, H, T, D) layout
+    assert torch.equal(rope_rotate(x, cos2, sin2), reference)
+    xb = x.bfloat16()
+    assert torch.equal(rope_rotate(xb, cos2, sin2), apply_rope(xb.transpose(1, 2), cos, sin).transpose(1, 2))
+
+
+def test_last_only_gives_the_full_forward_last_position():
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=30, block_size=16, n_layer=3, n_head=4, n_kv_heads=2, n_embd=32)).eval()
+    idx = torch.randint(0, 30, (5, 16))
+    with torch.no_grad():
+        full = model(idx)[:, -1]
+        last = model(idx, last_only=True)
+    assert last.shape == (5, 1, 30)
+    torch.testing.assert_close(last[:, 0], full, rtol=1e-5, atol=1e-5)

@@ -58,11 +58,36 @@ def test_char_run_learns_keeps_best_weights_and_scores_test(text_root, tmp_path)
     assert task.evaluate(model, "val", acc, cfg2.train)["loss"] == pytest.approx(best["val_loss"], rel=1e-4)
     # char level: bits per char is nats per token / ln 2
     assert summary["test_bpc"] == pytest.approx(summary["test_loss"] / math.log(2), rel=1e-6)
-    assert 0 < summary["test_last_pos_loss"] < math.log(57)
+    assert 0 < summary["test_last_pos_loss"] < math.log(57) and summary["test_last_pos_windows"] == 1024
+    assert 0 < summary["startup_s"] <= summary["first_step_s"] and summary["finish_s"] > 0
+    assert (summary["precision"], summary["compile"]) == ("fp32", False)
     assert cfg2.model.vocab_size == 57 and cfg2.model.block_size == 32
     sample = run.sample.read_text()
     assert sample.startswith("Nel mezzo del cammin") and len(sample) >= 500
     assert list(run.tb.glob("events.*")) and (run.plots / "curves.png").is_file()
+
+
+def test_last_position_score_of_a_window_subset_is_its_windows_mean_with_its_standard_error(text_root):
+    from dla.data.text import last_position_starts
+
+    cfg = load_experiment("lab2-gpt-char", [*SMOKE, "train.last_pos_windows=37", "train.eval_batch_size=320"])
+    data = build.load_data(cfg, text_root)
+    task = experiment.make_task(cfg, data)
+    torch.manual_seed(0)
+    model = build.model_for(cfg).eval()
+    result = task.test(model, make_accelerator(cfg.train), cfg.train)
+    ids, block = data.test.ids, cfg.data.block_size
+    starts = last_position_starts(len(ids), block, 37)
+    with torch.no_grad():  # by hand: each window alone, its full forward's last position
+        losses = torch.stack([torch.nn.functional.cross_entropy(model(ids[s : s + block][None])[0, -1], ids[s + block])
+                              for s in starts.tolist()]).double()
+    assert result["last_pos_windows"] == 37
+    assert result["last_pos_loss"] == pytest.approx(float(losses.mean()), rel=1e-5)
+    assert result["last_pos_se"] == pytest.approx(float(losses.std() / math.sqrt(37)), rel=1e-4)
+    # and the whole-split score is the mean over every token, whatever the batch size
+    other = task.test(model, make_accelerator(cfg.train), load_experiment("lab2-gpt-char", [*SMOKE, "train.last_pos_windows=37",
+                                                                                            "train.eval_batch_size=64"]).train)
+    assert other["loss"] == pytest.approx(result["loss"], rel=1e-6)
 
 
 class StopAt(Callback):

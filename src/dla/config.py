@@ -232,9 +232,16 @@ class TrainConfig:
     eval_batch_size: int = 1024
     label_smoothing: float = 0.0
     clip_grad_norm: float | None = None
-    precision: Literal["fp32", "bf16"] = "fp32"  # bf16 autocast on CPUs with avx512_bf16 and GPUs
+    # bf16 autocast; auto: bf16 where the hardware computes it natively (a GPU with bf16, a CPU with
+    # AMX or AVX512-BF16), else fp32; a CPU without them emulates bf16, about 10x slower (dla.device)
+    precision: Literal["auto", "fp32", "bf16"] = "fp32"
     channels_last: bool = False
-    compile: bool = False  # torch.compile the model
+    # torch.compile the model (a model with repeated blocks compiles one block, once: regional compilation);
+    # auto: compile on a GPU, and on a CPU under bf16 autocast, the two cases where it was measured to pay
+    compile: Literal["auto", True, False] = False
+    # language models: windows of the test split scored for the original's last-position loss at the end,
+    # evenly spaced; None: every window (its cost is a forward pass of block_size tokens per window)
+    last_pos_windows: int | None = None
     device: Literal["auto", "cpu", "cuda"] = "auto"
     deterministic: bool = True
     monitor: str = "val_acc"  # any val_ metric of the run's task (val_acc, val_loss, val_f1, ...)
@@ -259,7 +266,7 @@ class TrainConfig:
 
     def validate(self) -> None:
         check_positive(
-            self, "epochs", "max_steps", "eval_every", "eval_batches", "batch_size", "eval_batch_size", "patience", "clip_grad_norm", "log_every", "grad_stats_every",
+            self, "epochs", "max_steps", "eval_every", "eval_batches", "batch_size", "eval_batch_size", "last_pos_windows", "patience", "clip_grad_norm", "log_every", "grad_stats_every",
             prefix="train.",
         )
         if not 0.0 <= self.label_smoothing < 1.0:
@@ -509,13 +516,18 @@ def coerce(value: Any, tp: Any, key: str) -> Any:
         raise ConfigError(f"{key}: unsupported union type {tp}")
     if origin is Literal:
         choices = get_args(tp)
-        if value in choices:
+        if any(isinstance(c, bool) for c in choices) and not isinstance(value, bool):  # e.g. auto | true | false
+            text = str(value).lower()
+            if text in _BOOLS and not isinstance(value, float):
+                return _BOOLS[text]
+        if value in choices and (isinstance(value, bool) or not isinstance(value, int)):
             return value
         text = str(value).lower() if isinstance(value, bool) else str(value)
         for choice in choices:
             if text == str(choice):
                 return choice
-        raise ConfigError(f"{key}: {value!r} is not valid; choose one of {', '.join(map(str, choices))}")
+        names = (str(c).lower() if isinstance(c, bool) else str(c) for c in choices)
+        raise ConfigError(f"{key}: {value!r} is not valid; choose one of {', '.join(names)}")
     if origin in (list, tuple):
         (item_tp, *_) = get_args(tp) or (Any,)
         if isinstance(value, str):

@@ -20,7 +20,7 @@ from accelerate.utils import broadcast_object_list, set_seed
 from dla import STARTED
 from dla.build import describe_data, kind_of, load_data, load_run_model, model_for, open_run
 from dla.config import ExperimentConfig, to_dict
-from dla.device import can_compile, make_accelerator, seed_process
+from dla.device import can_compile, compile_model, make_accelerator, seed_process
 from dla.errors import ConfigError
 from dla.io import atomic_text
 from dla.manifest import PLOTS_TITLE, write_manifest
@@ -107,7 +107,7 @@ def train(
     accelerator.wait_for_everyone()
     seed_process(cfg.seed, accelerator.process_index, state.step)
 
-    model = torch.compile(raw_model) if cfg.train.compile and can_compile(accelerator.device, main) else raw_model
+    model = compile_model(raw_model) if cfg.train.compile and can_compile(accelerator.device, main) else raw_model
     model, optimizer = accelerator.prepare(model, optimizer)
     tracker = Tracker()
     if main:
@@ -122,15 +122,18 @@ def train(
             f" {cfg.train.precision}"
         )
     status = "running"
+    phases: dict[str, float] = {"startup_s": round(time.perf_counter() - origin, 2)}  # imports, data, model
     try:
         state = fit(
             model, optimizer, scheduler, task, cfg.train, accelerator, run, tracker, generator, state, early,
             raw_model, callbacks,
         )
         status = "stopped early" if early.should_stop else "completed"
+        finishing = time.perf_counter()
         test = task.test(raw_model, accelerator, cfg.train)
         if main:
             kind.finish(raw_model, run, cfg, task, tracker, state.step)
+        phases["finish_s"] = round(time.perf_counter() - finishing, 2)  # test scoring, the kind's outputs
     except KeyboardInterrupt:
         status = "interrupted"
         raise
@@ -141,6 +144,8 @@ def train(
         tracker.close()
         if main and status != "running":
             summary = run_summary(cfg, run, status, data, params, state, early, accelerator, time.time() - started)
+            if state.first_step_s is not None:  # not on a resume, whose start-up is not a fresh one
+                summary.update(phases)
             if status in ("completed", "stopped early"):
                 summary.update({f"test_{k}": v for k, v in test.items()})
                 summary.update(task.summary(state.history))
@@ -158,8 +163,10 @@ def train(
                     figures.append({"file": "ood_curves.png", "caption": "OOD detection during training (AUROC, FPR@95)"})
                 write_manifest(run.plots, "plots", PLOTS_TITLE, figures)
     if main:
-        print(f"best {task.unit} {early.best_epoch} ({early.monitor} {early.best:.4f}); results in {run.path}\n")
         summary = run.read_summary()
+        times = (f"start-up {summary['startup_s']:.1f} s, training {summary['train_time_s']:.1f} s, finishing "
+                 f"{summary['finish_s']:.1f} s; " if "finish_s" in summary else "")
+        print(f"best {task.unit} {early.best_epoch} ({early.monitor} {early.best:.4f}); {times}results in {run.path}\n")
         print(markdown_table([{**summary, "name": f"{cfg.name}/{run.name}"}], run_columns([summary])), end="")
     return run
 
@@ -197,7 +204,8 @@ def run_summary(
         "torch": torch.__version__,
         "device": str(accelerator.device),
         "processes": accelerator.num_processes,
-        "precision": cfg.train.precision,
+        "precision": cfg.train.precision,  # as chosen for this machine when the config said auto
+        "compile": bool(cfg.train.compile),
     }
     best = next((r for r in state.history if r["epoch"] == early.best_epoch), None)
     if best:

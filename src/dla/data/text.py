@@ -350,9 +350,20 @@ def tiled_windows(ids: torch.Tensor, block: int, batch: int) -> Iterator[tuple[t
                 yield ids[s:n].unsqueeze(0), ids[s + 1 : n + 1].unsqueeze(0)
 
 
-def last_position_windows(ids: torch.Tensor, block: int, batch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """The original lab's scoring: every window of `block` tokens with its single next token."""
-    starts = torch.arange(0, len(ids) - block)
+def last_position_starts(n_tokens: int, block: int, count: int | None = None) -> torch.Tensor:
+    """Start positions of the windows the original lab's score uses: every window of `block` tokens that
+    has a next token, or `count` of them evenly spaced from the first to the last (all when fewer)."""
+    total = max(0, n_tokens - block)
+    if count is None or count >= total:
+        return torch.arange(total)
+    return torch.linspace(0, total - 1, count, dtype=torch.float64).round().long().unique()
+
+
+def last_position_windows(ids: torch.Tensor, block: int, batch: int,
+                          starts: torch.Tensor | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """The original lab's scoring: windows of `block` tokens (at `starts`; default every one) with each
+    one's single next token, `batch` windows at a time."""
+    starts = torch.arange(0, len(ids) - block) if starts is None else starts
     for i in range(0, len(starts), batch):
         s = starts[i : i + batch]
         yield ids[s[:, None] + torch.arange(block)], ids[s + block]

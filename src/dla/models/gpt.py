@@ -77,6 +77,20 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).type_as(x)
 
 
+def rope_rotate(x: torch.Tensor, cos2: torch.Tensor, sin2: torch.Tensor) -> torch.Tensor:
+    """`apply_rope` in three kernels instead of seven, with the same result to the bit: for x (B, T, H, D)
+    and tables of shape (T, 1, D), cos2 = [cos, cos] and sin2 = [-sin, sin] (`rope_tables2`), the two
+    halves are x1*cos + x2*(-sin) and x2*cos + x1*sin (a negation is exact; fp addition commutes)."""
+    x1, x2 = x.float().chunk(2, dim=-1)
+    swapped = torch.cat([x2, x1], dim=-1)
+    return (x.float() * cos2 + swapped * sin2).type_as(x)
+
+
+def rope_tables2(cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """`rope_rotate`'s tables, (T, 1, D), from `rope_tables`' (T, D/2)."""
+    return torch.cat([cos, cos], -1)[:, None], torch.cat([-sin, sin], -1)[:, None]
+
+
 class Attention(nn.Module):
     def __init__(self, cfg: GPTConfig):
         super().__init__()
@@ -86,20 +100,25 @@ class Attention(nn.Module):
         self.wqkv = nn.Linear(cfg.n_embd, (cfg.n_head + 2 * self.n_kv) * self.head_dim, bias=False)
         self.wo = nn.Linear(cfg.n_head * self.head_dim, cfg.n_embd, bias=False)
 
-    def forward(self, x, cos, sin, cache: dict | None = None) -> torch.Tensor:
+    def forward(self, x, cos, sin, cache: dict | None = None, last_only: bool = False) -> torch.Tensor:
+        """x (B, T, C) with rope tables (T, 1, D) (`rope_tables2`); `last_only`: the output at the last
+        position alone (B, 1, C), with keys and values from every position."""
         b, t, _ = x.shape
-        d = self.head_dim
-        q, k, v = self.wqkv(x).split([self.n_head * d, self.n_kv * d, self.n_kv * d], dim=-1)
-        q = q.view(b, t, self.n_head, d).transpose(1, 2)
-        k = k.view(b, t, self.n_kv, d).transpose(1, 2)
-        v = v.view(b, t, self.n_kv, d).transpose(1, 2)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        d, nq, nkv = self.head_dim, self.n_head, self.n_kv
+        qkv = self.wqkv(x).view(b, t, nq + 2 * nkv, d)
+        # queries and keys are rotated together in one pass, in (B, T, H, D) layout
+        qk, v = rope_rotate(qkv[:, :, : nq + nkv], cos, sin), qkv[:, :, nq + nkv :]
+        q, k = qk[:, :, :nq].transpose(1, 2), qk[:, :, nq:].transpose(1, 2)
+        v = v.transpose(1, 2)
+        if last_only:
+            q = q[:, :, -1:]
         if cache is not None:  # append this step's keys and values to those of earlier positions
             if "k" in cache:
                 k, v = torch.cat([cache["k"], k], 2), torch.cat([cache["v"], v], 2)
             cache["k"], cache["v"] = k, v
-        causal = t > 1 and k.shape[2] == t  # with a cache, a single new query may see every cached key
-        if t > 1 and not causal:
+        tq = q.shape[2]
+        causal = tq > 1 and k.shape[2] == tq  # with a cache, a single new query may see every cached key
+        if tq > 1 and not causal:
             raise ValueError("prefill with a non-empty cache is not supported; feed one token at a time")
         dtype = q.dtype
         cpu_bf16 = x.device.type == "cpu" and torch.is_autocast_enabled("cpu")
@@ -110,8 +129,8 @@ class Attention(nn.Module):
                 q, k, v = q.float(), k.float(), v.float()
             # No dropout on the attention probabilities (LLaMA has none; on the CPU it would also
             # force SDPA off its fused kernel, 2.5x slower): `dropout` acts on the residual branches.
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=causal, enable_gqa=self.n_kv != self.n_head)
-        return self.wo(y.to(dtype).transpose(1, 2).reshape(b, t, -1))
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=causal, enable_gqa=nkv != nq)
+        return self.wo(y.to(dtype).transpose(1, 2).reshape(b, tq, -1))
 
 
 class SwiGLU(nn.Module):
@@ -132,8 +151,11 @@ class Block(nn.Module):
         self.norm2, self.mlp = RMSNorm(cfg.n_embd), SwiGLU(cfg)
         self.drop = nn.Dropout(cfg.dropout)
 
-    def forward(self, x, cos, sin, cache=None):
-        x = x + self.drop(self.attn(self.norm1(x), cos, sin, cache))
+    def forward(self, x, cos, sin, cache=None, last_only: bool = False):
+        """`last_only`: the block's output at the last position alone (the last block of a last-position
+        score, where the other positions' outputs would be thrown away)."""
+        h = self.attn(self.norm1(x), cos, sin, cache, last_only)
+        x = (x[:, -1:] if last_only else x) + self.drop(h)
         return x + self.drop(self.mlp(self.norm2(x)))
 
 
@@ -146,9 +168,9 @@ class GPT(nn.Module):
         self.norm = RMSNorm(cfg.n_embd)
         self.head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
         self.head.weight = self.embed.weight  # tied
-        cos, sin = rope_tables(cfg.n_embd // cfg.n_head, cfg.block_size, cfg.rope_base)
-        self.register_buffer("cos", cos, persistent=False)
-        self.register_buffer("sin", sin, persistent=False)
+        cos2, sin2 = rope_tables2(*rope_tables(cfg.n_embd // cfg.n_head, cfg.block_size, cfg.rope_base))
+        self.register_buffer("cos", cos2, persistent=False)
+        self.register_buffer("sin", sin2, persistent=False)
         self.apply(self._init)
         for name, p in self.named_parameters():  # scaled init of residual projections (GPT-2)
             if name.endswith(("wo.weight", "w2.weight")):
@@ -163,17 +185,25 @@ class GPT(nn.Module):
         self, idx: torch.Tensor, caches: list[dict] | None = None, start: int = 0, last_only: bool = False
     ) -> torch.Tensor:
         """Logits (B, T, vocab) for token ids (B, T) at positions start..start+T-1 (B, 1, vocab with
-        `last_only`: the head, the costliest layer with a large vocabulary, runs on the last position only)."""
+        `last_only`: the last block's attention queries, its MLP and the head, the costliest layer with
+        a large vocabulary, run on the last position only)."""
         t = idx.shape[1]
         if start + t > self.cfg.block_size:
             raise ValueError(f"sequence of {start + t} tokens exceeds block_size {self.cfg.block_size}")
         cos, sin = self.cos[start : start + t], self.sin[start : start + t]
         x = self.embed(idx)
+        last = len(self.blocks) - 1
         for i, block in enumerate(self.blocks):
-            x = block(x, cos, sin, caches[i] if caches is not None else None)
-        if last_only:
-            x = x[:, -1:]
+            x = block(x, cos, sin, caches[i] if caches is not None else None, last_only and i == last)
         return self.head(self.norm(x))
+
+    def compile_blocks(self) -> None:
+        """Regional compilation: every block is compiled in place with one shared compiled code, since the
+        blocks are identical up to their weights (PyTorch's regional-compilation recipe). Compiling traces
+        and builds one block's forward and backward instead of the whole stack's. Calls with a KV cache or
+        `last_only` (generation, scoring) run eagerly: `torch.compiler.set_stance("force_eager")`."""
+        for block in self.blocks:
+            block.compile(dynamic=False)
 
     @torch.inference_mode()
     def generate(
@@ -188,6 +218,10 @@ class GPT(nn.Module):
     ):
         """Yield new token ids one at a time (sampling; temperature 0 is greedy). The context slides
         when it fills block_size (the cache is then rebuilt from the last block_size tokens)."""
+        with torch.compiler.set_stance("force_eager"):  # compiled blocks would recompile for every length
+            yield from self._generate(prompt_ids, max_new_tokens, temperature, top_k, top_p, seed, use_cache)
+
+    def _generate(self, prompt_ids, max_new_tokens, temperature, top_k, top_p, seed, use_cache):
         gen = torch.Generator(device=prompt_ids.device)
         gen.manual_seed(seed if seed is not None else torch.seed())
         ids = prompt_ids.view(1, -1)
@@ -196,7 +230,7 @@ class GPT(nn.Module):
             if caches is None:  # (re)start: one full pass over the last block_size tokens fills the caches
                 window = ids[:, -self.cfg.block_size :]
                 caches = [{} for _ in self.blocks] if use_cache else None
-                logits = self(window, caches)[:, -1]
+                logits = self(window, caches, last_only=True)[:, -1]
                 pos = window.shape[1]
             next_id = sample_next(logits[0].float(), temperature, top_k, top_p, gen)
             yield int(next_id)
