@@ -8,7 +8,11 @@ No nanoGPT code is in this repository: the script runs an existing checkout's ow
 
 Part 1, same configuration: nanoGPT's "baby GPT" CPU settings (4 layers, 4 heads, width 128,
 block 64, batch 12, lr 1e-3, no dropout, eval every 250 iterations over 20 batches) for the same
-number of iterations in both; ms/iter (median of the steady-state steps) and tokens/s.
+number of iterations in both; ms/iter (median of the steady-state steps), tokens/s, and the wall
+time from process start to the step-2,000 evaluation and to the end of the process (dla's end
+includes its final test scoring and sample; nanoGPT has neither). dla runs as it would by default on
+this machine (train.precision=auto, train.compile=auto: bf16 and compilation only where the CPU has
+bf16 units); the table says what that chose.
 Part 2, start-up: seconds from process start to the end of the first optimiser step (imports, data
 preparation, model, compilation), the median of --repeats launches each, stopped once that step is
 done: nanoGPT (its "iter 0" line, after its step-0 evaluation of 2 x 20 batches), dla eager, dla
@@ -43,8 +47,10 @@ from dla.data.text import CharTokenizer, import_inferno, split_text  # noqa: E40
 from dla.device import cpu_description  # noqa: E402
 
 BABY = dict(n_layer=4, n_head=4, n_embd=128, block_size=64, batch_size=12, lr=1e-3, eval_every=250, eval_batches=20)
-# dla at the baby configuration: only the execution changes (bf16 autocast, torch.compile)
-DLA_BABY_FAST = ["budget=baby", "train.precision=bf16", "train.compile=true"]
+# dla at the baby configuration, executed as by default on this machine (bf16 + compile where the CPU has bf16 units)
+DLA_BABY_FAST = ["budget=baby", "train.precision=auto", "train.compile=auto"]
+# the start-up part's compiled launches (cold and warm inductor cache)
+DLA_BABY_COMPILED = ["budget=baby", "train.precision=auto", "train.compile=true"]
 DLA_BABY_PLAIN = ["budget=baby", "train.precision=fp32", "train.compile=false"]
 # dla's CPU recipes for the wall-clock comparison (the `cpu` and `cpu-short` presets of lab2-gpt-char)
 DLA_RECIPES = {"dla cpu (300 s)": ["budget=cpu"], "dla cpu-short (90 s)": ["budget=cpu-short"]}
@@ -150,6 +156,11 @@ def dla_ms_per_iter(run: Path) -> float:
     return statistics.median(per_round[1:] or per_round)  # the first round includes compilation
 
 
+def step_time(run: dict, step: int) -> float | None:
+    """Seconds from process start to the evaluation line of `step` in a streamed run."""
+    return next((p["wall_s"] for p in run["points"] if p["step"] == step), None)
+
+
 def envelope(points: list[dict], at: float) -> float | None:
     """The lowest validation loss reached by wall time `at`."""
     seen = [p["val_loss"] for p in points if p["wall_s"] <= at]
@@ -185,11 +196,11 @@ def main() -> int:
         nano, root = prepare(nanogpt, inferno, work)
         runs = work / "runs"
 
-        def nano_run(label: str, iters: int, limit: float) -> list[str]:
+        def nano_run(label: str, iters: int, limit: float) -> tuple[list[str], dict]:
             print(f"{label}: nanoGPT train.py, {iters} iterations", flush=True)
             points, lines, wall = stream(nanogpt_cmd(nanogpt, work / label, iters), nano, limit, NANO_VAL, env)
             result["runs"][label] = {"system": "nanoGPT", "iters": iters, "points": points, "wall_s": round(wall, 1)}
-            return lines
+            return lines, result["runs"][label]
 
         def dla_run(label: str, overrides: list[str], limit: float) -> Path:
             name = re.sub(r"[^A-Za-z0-9]+", "-", label).strip("-")
@@ -199,19 +210,28 @@ def main() -> int:
             return runs / "lab2-gpt-char" / name
 
         if args.only in (None, "throughput"):
-            lines = nano_run("nanoGPT baby", args.iters, 10_000)
+            lines, record = nano_run("nanoGPT baby", args.iters, 10_000)
             nano_ms = nano_ms_per_iter(lines)
-            rows = [("nanoGPT train.py (fp32, eager)", nano_ms)]
-            run = dla_run("dla baby (bf16, compiled)", [*DLA_BABY_FAST, f"train.max_steps={args.iters}"], 10_000)
-            rows.append(("dla (bf16 autocast, torch.compile)", dla_ms_per_iter(run)))
+            rows = [("nanoGPT train.py (fp32, eager)", nano_ms, record, {})]
+            run = dla_run("dla baby (default execution)", [*DLA_BABY_FAST, f"train.max_steps={args.iters}"], 10_000)
+            summary = json.loads((run / "summary.json").read_text())
+            how = f"{summary['precision']}, {'compiled' if summary['compile'] else 'eager'}"
+            rows.append((f"dla ({how}: train.precision=auto, train.compile=auto)", dla_ms_per_iter(run),
+                         result["runs"]["dla baby (default execution)"], summary))
             if args.plain:
                 run = dla_run("dla baby (fp32, eager)", [*DLA_BABY_PLAIN, f"train.max_steps={args.iters}"], 10_000)
-                rows.append(("dla (fp32, eager)", dla_ms_per_iter(run)))
-            result["throughput"] = [
-                {"system": name, "ms_per_iter": round(ms, 2), "tokens_per_s": round(1000 * tokens_per_iter / ms),
-                 "ratio_vs_nanogpt": round(nano_ms / ms, 2)}
-                for name, ms in rows
-            ]
+                rows.append(("dla (fp32, eager)", dla_ms_per_iter(run), result["runs"]["dla baby (fp32, eager)"],
+                             json.loads((run / "summary.json").read_text())))
+            nano_at = step_time(record, args.iters)
+            result["throughput"] = []
+            for name, ms, rec, summ in rows:
+                at = step_time(rec, args.iters)
+                result["throughput"].append({
+                    "system": name, "ms_per_iter": round(ms, 2), "tokens_per_s": round(1000 * tokens_per_iter / ms),
+                    "ratio_vs_nanogpt": round(nano_ms / ms, 2), "step_s": at, "end_s": rec["wall_s"],
+                    "wall_ratio_vs_nanogpt": round(nano_at / at, 2) if at and nano_at else None,
+                    "val_loss": rec["points"][-1]["val_loss"] if rec["points"] else None,
+                    **{k: summ[k] for k in ("startup_s", "first_step_s", "train_time_s", "finish_s") if k in summ}})
         if args.only in (None, "startup"):
             cache = work / "inductor-cache"  # empty: the first compiled launch is cold, the next ones warm
             steps = ["train.max_steps=2000"]
@@ -219,7 +239,7 @@ def main() -> int:
                 ("nanoGPT train.py (fp32, eager)", nanogpt_cmd(nanogpt, work / "nano-startup", 2000), nano, NANO_FIRST, env),
                 ("dla (fp32, eager)", dla_cmd(root, runs, "startup-eager", [*DLA_BABY_PLAIN, *steps]), REPO, DLA_FIRST, env),
             ]
-            compiled = dla_cmd(root, runs, "startup-compiled", [*DLA_BABY_FAST, *steps])
+            compiled = dla_cmd(root, runs, "startup-compiled", [*DLA_BABY_COMPILED, *steps])
             cache_env = {**env, "TORCHINDUCTOR_CACHE_DIR": str(cache)}
             rows = []
             for name, cmd, cwd, pattern, e in systems:
@@ -227,9 +247,9 @@ def main() -> int:
                 rows.append((name, times))
                 print(f"    {name}: first step after {statistics.median(times):.1f} s", flush=True)
             cold = [time_to_match(compiled, REPO, DLA_FIRST, cache_env)]
-            rows.append(("dla (bf16, compiled), cold inductor cache", cold))
+            rows.append(("dla (compiled), cold inductor cache", cold))
             warm = [time_to_match(compiled, REPO, DLA_FIRST, cache_env) for _ in range(args.repeats)]
-            rows.append(("dla (bf16, compiled), warm inductor cache", warm))
+            rows.append(("dla (compiled), warm inductor cache", warm))
             print(f"    dla compiled: cold {cold[0]:.1f} s, warm {statistics.median(warm):.1f} s", flush=True)
             result["startup"] = [{"system": n, "first_step_s": round(statistics.median(t), 2), "runs_s": [round(x, 2) for x in t]}
                                  for n, t in rows]
@@ -241,10 +261,19 @@ def main() -> int:
     lines = [f"# dla vs nanoGPT on the Inferno (char level, 90/10 split), {time.strftime('%Y-%m-%d')}", "",
              f"CPU: {result['cpu']}", ""]
     if "throughput" in result:
-        lines += [f"Same configuration (baby GPT), {args.iters} iterations, {tokens_per_iter} tokens/iter:", "",
-                  "| system | ms/iter (median) | tokens/s | vs nanoGPT |", "|---|---:|---:|---:|"]
-        lines += [f"| {r['system']} | {r['ms_per_iter']:.1f} | {r['tokens_per_s']:,} | {r['ratio_vs_nanogpt']:.2f}x |"
-                  for r in result["throughput"]]
+        lines += [f"Same configuration (baby GPT), {args.iters} iterations, {tokens_per_iter} tokens/iter; wall times "
+                  "from process start:", "",
+                  f"| system | ms/iter (median) | tokens/s | vs nanoGPT | step {args.iters:,} at (s) | wall vs nanoGPT "
+                  "| process end (s) | val loss |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+        def num(value, spec: str, suffix: str = "") -> str:
+            return "-" if value is None else f"{value:{spec}}{suffix}"
+
+        lines += [f"| {r['system']} | {r['ms_per_iter']:.1f} | {r['tokens_per_s']:,} | {r['ratio_vs_nanogpt']:.2f}x | "
+                  f"{num(r['step_s'], '.1f')} | {num(r['wall_ratio_vs_nanogpt'], '.2f', 'x')} | {num(r['end_s'], '.1f')} | "
+                  f"{num(r['val_loss'], '.4f')} |" for r in result["throughput"]]
+        dla_rows = [r for r in result["throughput"] if "finish_s" in r]
+        lines += ["", *[f"{r['system']}: start-up {r['startup_s']:.1f} s, first step at {r['first_step_s']:.1f} s, "
+                        f"training {r['train_time_s']:.1f} s, finishing {r['finish_s']:.1f} s" for r in dla_rows]]
         lines.append("")
     if "startup" in result:
         lines += ["Start-up: seconds from process start to the end of the first optimiser step (median of launches):", "",

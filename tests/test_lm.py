@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import subprocess
@@ -67,27 +68,46 @@ def test_char_run_learns_keeps_best_weights_and_scores_test(text_root, tmp_path)
     assert list(run.tb.glob("events.*")) and (run.plots / "curves.png").is_file()
 
 
-def test_last_position_score_of_a_window_subset_is_its_windows_mean_with_its_standard_error(text_root):
-    from dla.data.text import last_position_starts
+def last_position_by_hand(model, ids, block):
+    """Every target's loss in consecutive windows, and every window's last-position loss, one window at a time."""
+    F = torch.nn.functional
+    with torch.no_grad():
+        tiled = torch.cat([F.cross_entropy(model(ids[s : s + block][None])[0], ids[s + 1 : s + block + 1], reduction="none")
+                           for s in range(0, len(ids) - block, block)])
+        tail = len(ids) - 1 - len(tiled)
+        if tail:
+            s = len(ids) - 1 - tail
+            tiled = torch.cat([tiled, F.cross_entropy(model(ids[s:-1][None])[0], ids[s + 1 :], reduction="none")])
+        windows = torch.arange(len(ids) - block)
+        last = torch.cat([F.cross_entropy(model(ids[w[:, None] + torch.arange(block)], last_only=True)[:, -1],
+                                          ids[w + block], reduction="none") for w in windows.split(512)])
+    return tiled.double(), last.double()
 
-    cfg = load_experiment("lab2-gpt-char", [*SMOKE, "train.last_pos_windows=37", "train.eval_batch_size=320"])
+
+def test_last_position_score_is_exact_on_every_window_and_a_control_variate_estimate_on_a_subset(text_root):
+    from dla.data.text import TextSplit, last_position_starts
+
+    cfg = load_experiment("lab2-gpt-char", [*SMOKE, "train.last_pos_windows=null", "train.eval_batch_size=320"])
     data = build.load_data(cfg, text_root)
     task = experiment.make_task(cfg, data)
+    ids, block = data.test.ids[:3001], cfg.data.block_size  # 2,969 windows: every one is scored by hand
+    task.data = dataclasses.replace(data, test=TextSplit(ids, len(ids)))
     torch.manual_seed(0)
     model = build.model_for(cfg).eval()
-    result = task.test(model, make_accelerator(cfg.train), cfg.train)
-    ids, block = data.test.ids, cfg.data.block_size
+    tiled, last = last_position_by_hand(model, ids, block)
+    acc = make_accelerator(cfg.train)
+    full = task.test(model, acc, cfg.train)
+    assert full["loss"] == pytest.approx(float(tiled.mean()), rel=1e-5)
+    assert (full["last_pos_windows"], full["last_pos_se"]) == (len(last), 0.0)
+    assert full["last_pos_loss"] == pytest.approx(float(last.mean()), rel=1e-5)
+    cfg.train.last_pos_windows = 37
+    part = task.test(model, acc, cfg.train)
     starts = last_position_starts(len(ids), block, 37)
-    with torch.no_grad():  # by hand: each window alone, its full forward's last position
-        losses = torch.stack([torch.nn.functional.cross_entropy(model(ids[s : s + block][None])[0, -1], ids[s + block])
-                              for s in starts.tolist()]).double()
-    assert result["last_pos_windows"] == 37
-    assert result["last_pos_loss"] == pytest.approx(float(losses.mean()), rel=1e-5)
-    assert result["last_pos_se"] == pytest.approx(float(losses.std() / math.sqrt(37)), rel=1e-4)
-    # and the whole-split score is the mean over every token, whatever the batch size
-    other = task.test(model, make_accelerator(cfg.train), load_experiment("lab2-gpt-char", [*SMOKE, "train.last_pos_windows=37",
-                                                                                            "train.eval_batch_size=64"]).train)
-    assert other["loss"] == pytest.approx(result["loss"], rel=1e-6)
+    d = last[starts] - tiled[starts + block - 1]  # the same targets' two losses
+    assert part["last_pos_windows"] == 37
+    assert part["last_pos_loss"] == pytest.approx(float(tiled[block - 1 :].mean() + d.mean()), rel=1e-5)
+    assert part["last_pos_se"] == pytest.approx(float(d.std() / math.sqrt(37) * math.sqrt(1 - 37 / len(last))), rel=1e-4)
+    assert part["loss"] == full["loss"]
 
 
 class StopAt(Callback):

@@ -240,7 +240,7 @@ class TrainConfig:
     # auto: compile on a GPU, and on a CPU under bf16 autocast, the two cases where it was measured to pay
     compile: Literal["auto", True, False] = False
     # language models: windows of the test split scored for the original's last-position loss at the end,
-    # evenly spaced; None: every window (its cost is a forward pass of block_size tokens per window)
+    # a fixed random sample (LMTask.test); None: every window (each costs a forward pass of block_size tokens)
     last_pos_windows: int | None = None
     device: Literal["auto", "cpu", "cuda"] = "auto"
     deterministic: bool = True

@@ -92,6 +92,8 @@ class LanguageModel(RunKind):
         return {"test_split": "val (two-way split)"} if data.test_is_val else {}
 
     def eval_line(self, run, cfg, data, task, test):
-        return {}, (f"{run.path}: {data.source} test loss {test['loss']:.4f} nats/token, {test['bpc']:.4f} bits/char; "
-                    f"last-position loss of {test['last_pos_windows']:,} {cfg.data.block_size}-token windows "
-                    f"{test['last_pos_loss']:.4f} (standard error {test['last_pos_se']:.4f})")
+        line = f"{run.path}: {data.source} test loss {test['loss']:.4f} nats/token, {test['bpc']:.4f} bits/char"
+        if "last_pos_loss" in test:
+            line += (f"; last-position loss of {cfg.data.block_size}-token windows {test['last_pos_loss']:.4f} "
+                     f"({test['last_pos_windows']:,} windows scored, standard error {test['last_pos_se']:.4f})")
+        return {}, line
