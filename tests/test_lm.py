@@ -11,7 +11,7 @@ import sys
 
 import pytest
 import torch
-from conftest import SHARED, need
+from conftest import SHARED, need, torchrun
 
 from dla import build, experiment
 from dla.config import load_experiment, load_run_config
@@ -180,3 +180,21 @@ def test_head_sweep_writes_the_lm_table(text_root, tmp_path):
     table = (sweep_dir / "table.md").read_text()
     assert "heads-4" in table and "heads-16" in table and "steps to best" in table
     assert (sweep_dir / "curves.png").is_file()
+
+
+@pytest.mark.slow
+def test_lm_under_torchrun_matches_one_process_test_scores_included(text_root, tmp_path):
+    """2 gloo processes share the rounds' batches and the last-position windows; every metric, the
+    final test scores among them, is the 1-process run's (no dropout: the processes draw their own masks)."""
+    import os
+
+    args = ["--data-root", str(text_root), "train", "lab2-gpt-char", *SMOKE, "model.dropout=0", "train.max_steps=20",
+            "train.last_pos_windows=101", f"runs_dir={tmp_path}"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    torchrun(*args, "run_name=ddp", env=env, launch=("--master_port", "29531"))
+    dla(*args[2:], "run_name=single", root=text_root)
+    ddp, single = (RunDir(tmp_path / "lab2-gpt-char" / n).read_summary() for n in ("ddp", "single"))
+    assert (ddp["processes"], single["processes"]) == (2, 1)
+    for key in ("best_val_loss", "test_loss", "test_last_pos_loss", "test_last_pos_se"):
+        assert ddp[key] == pytest.approx(single[key], rel=1e-4), key
+    assert ddp["test_last_pos_windows"] == single["test_last_pos_windows"] == 101

@@ -269,3 +269,20 @@ def test_gradnorm_is_zero_for_a_uniform_prediction():
         ood.last_linear(model).weight.zero_()  # every logit = its bias; equal biases -> uniform softmax
         ood.last_linear(model).bias.fill_(0.3)
     assert torch.allclose(ood.gradnorm(model, x, include_bias=True), torch.zeros(len(x)), atol=1e-7)
+
+
+def test_detectors_fitted_on_one_sample_embed_it_once_and_again_after_the_weights_change():
+    model = toy_model()
+    x, y = toy_data()
+    calls = []
+    model.register_forward_hook(lambda m, inp, out: calls.append(len(inp[0])))
+    fitted = {d: ood.fit_detector(d, model, x, y) for d in ("mahalanobis", "knn", "react", "vim")}
+    assert sum(calls) == len(x)  # one pass over the fit images for the four detectors
+    reference = ood.features_of(model, x)
+    assert sum(calls) == len(x)
+    with torch.no_grad():
+        next(model.parameters()).mul_(2.0)  # changed in place: the kept features are stale
+    changed = ood.features_of(model, x)
+    assert sum(calls) == 2 * len(x) and not torch.equal(changed, reference)
+    assert torch.equal(ood.features_of(model, x.clone()), changed) and sum(calls) == 3 * len(x)  # other images
+    assert fitted["knn"].train.shape == (len(x), reference.shape[1])

@@ -569,6 +569,25 @@ def debugging() -> bool:
     return os.environ.get("DLA_DEBUG", "") not in ("", "0")
 
 
+def run() -> None:
+    """The `dla` command (and `python -m dla`): `main`, then a prompt exit.
+
+    With torch loaded, the interpreter's teardown (freeing every module's objects) takes 1.5-2 s on
+    2 cores after the command's work is done and written. By then every file and tracker is closed, so
+    the exit handlers run (`atexit`: logging, compile workers, wandb), the streams are flushed, and the
+    process ends without that teardown.
+    """
+    code = main()
+    if "torch" not in sys.modules:
+        raise SystemExit(code)
+    import atexit
+
+    atexit._run_exitfuncs()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)

@@ -139,8 +139,7 @@ class Mahalanobis:
 
     @classmethod
     def fit(cls, model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 512) -> "Mahalanobis":
-        with torch.inference_mode():
-            feats = torch.cat([penultimate(model, b)[0] for b in _batches(x, batch_size)]).double()
+        feats = features_of(model, x, batch_size).double()
         classes = int(y.max()) + 1
         means = torch.stack([feats[y == c].mean(0) for c in range(classes)])
         centred = feats - means[y]
@@ -169,10 +168,23 @@ class Mahalanobis:
 # Feature-space detectors: KNN, ReAct, ViM, ASH-S, GradNorm (the features are those entering the last Linear)
 
 
+_last_features: tuple | None = None  # (key, model, x, features) of the latest `features_of` call
+
+
 @torch.inference_mode()
 def features_of(model: nn.Module, x: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
-    """Penultimate features (float32) of all of x, in batches."""
-    return torch.cat([penultimate(model, b)[0] for b in _batches(x, batch_size)])
+    """Penultimate features (float32) of all of x, in batches.
+
+    The latest result is kept and returned again for the same model and images, unchanged since (their
+    tensors' version counters and the model's mode say so): the fitted detectors are fitted one after
+    the other on one training sample, which is then embedded once instead of once per detector."""
+    global _last_features
+    key = (model.training, x._version, tuple(p._version for p in model.parameters()))
+    if _last_features is not None and _last_features[1] is model and _last_features[2] is x and _last_features[0] == key:
+        return _last_features[3]
+    feats = torch.cat([penultimate(model, b)[0] for b in _batches(x, batch_size)])
+    _last_features = (key, model, x, feats)
+    return feats
 
 
 def head_logits(model: nn.Module, feats: torch.Tensor) -> torch.Tensor:
