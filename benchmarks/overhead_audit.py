@@ -91,8 +91,8 @@ def main() -> int:
             rows.append(row)
             print(json.dumps(row), flush=True)
         last = made["fcn subset"]
-        for label, extra in (("dla ood RUN", ["ood"]), ("dla attack RUN --method autoattack --n 200",
-                                                        ["attack", "--method", "autoattack", "--n", "200"])):
+        for label, extra in (("dla ood RUN", ["ood"]), ("dla attack RUN --method autoattack --n 50",
+                                                        ["attack", "--method", "autoattack", "--n", "50"])):
             wall, lines = timed([sys.executable, "-m", "dla", "--data-root", str(root), extra[0], str(made["mlp"]),
                                  *extra[1:]], env)
             first = next((t for t, line in lines if line.strip()), wall)
