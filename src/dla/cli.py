@@ -575,10 +575,11 @@ def run() -> None:
     With torch loaded, the interpreter's teardown (freeing every module's objects) takes 1.5-2 s on
     2 cores after the command's work is done and written. By then every file and tracker is closed, so
     the exit handlers run (`atexit`: logging, compile workers, wandb), the streams are flushed, and the
-    process ends without that teardown.
+    process ends without that teardown. Not under a profiler or tracer (cProfile, coverage), which write
+    their results at the interpreter's exit.
     """
     code = main()
-    if "torch" not in sys.modules:
+    if "torch" not in sys.modules or sys.getprofile() is not None or sys.gettrace() is not None:
         raise SystemExit(code)
     import atexit
 

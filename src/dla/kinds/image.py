@@ -31,9 +31,10 @@ class ImageClassifier(RunKind):
     def check(self, cfg):
         if cfg.model.name in ("gpt", "hf-encoder", "policy-mlp", "policy-cnn"):
             raise ConfigError(f"model.name={cfg.model.name} does not classify images; use mlp or cnn")
-        from dla.analysis.ood_tracking import check_ood_tracking
+        if cfg.train.ood_every:  # OOD tracking is for image classifiers (RunKind.check refuses it)
+            from dla.analysis.ood_tracking import check_ood_tracking  # scikit-learn: 2 s of start-up, only when used
 
-        check_ood_tracking(cfg)  # OOD tracking is for image classifiers (RunKind.check refuses it)
+            check_ood_tracking(cfg)
 
     def load_data(self, cfg, data_root, run=None, quiet=False):
         d = cfg.data

@@ -154,8 +154,9 @@ def plot_score_histograms(scores: dict[str, tuple[Any, Any]], path: Path, title:
         both = np.concatenate([np.asarray(s_id, dtype=float), np.asarray(s_ood, dtype=float)])
         lo, hi = (float(v) for v in np.percentile(both, [0.5, 99.5]))  # a few extreme scores would squash the rest
         bins = [lo + (hi - lo) * i / 50 for i in range(51)] if hi > lo else 10
-        ax.hist(s_id, bins=bins, alpha=0.6, density=True, label="ID")
-        ax.hist(s_ood, bins=bins, alpha=0.6, density=True, label="OOD")
+        # one filled outline per histogram, not a rectangle per bin: a tenth of the drawing time
+        ax.hist(s_id, bins=bins, alpha=0.6, density=True, label="ID", histtype="stepfilled")
+        ax.hist(s_ood, bins=bins, alpha=0.6, density=True, label="OOD", histtype="stepfilled")
         ax.set_title(name)
         ax.set_xlabel("score")
     axes[0][0].legend()
