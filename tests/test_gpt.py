@@ -119,3 +119,28 @@ def test_last_only_gives_the_full_forward_last_position():
         last = model(idx, last_only=True)
     assert last.shape == (5, 1, 30)
     torch.testing.assert_close(last[:, 0], full, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_regional_compilation_compiles_one_block_once_and_generation_stays_eager(tmp_path, monkeypatch):
+    from torch._dynamo.utils import counters
+
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
+    torch._dynamo.reset()
+    counters.clear()
+    torch.manual_seed(0)
+    cfg = GPTConfig(vocab_size=30, block_size=16, n_layer=3, n_head=2, n_embd=32)
+    model, reference = GPT(cfg), GPT(cfg)
+    reference.load_state_dict(model.state_dict())
+    model.compile_blocks()
+    x = torch.randint(0, 30, (4, 16))
+    for _ in range(2):
+        model(x).sum().backward()
+    with torch.no_grad():
+        torch.testing.assert_close(model.eval()(x), reference.eval()(x), rtol=1e-5, atol=1e-5)
+    assert counters["stats"]["unique_graphs"] == 2  # training and evaluation, shared by the 3 blocks
+    with torch.no_grad():
+        ours = list(model.generate(x[0, :3], 20, seed=0))
+    assert ours == list(reference.generate(x[0, :3], 20, seed=0))
+    assert counters["stats"]["unique_graphs"] == 2  # generation ran the blocks eagerly
+    torch._dynamo.reset()

@@ -205,6 +205,12 @@ class GPT(nn.Module):
         for block in self.blocks:
             block.compile(dynamic=False)
 
+    def _eager(self, *args, **kwargs) -> torch.Tensor:
+        """A forward pass with compiled blocks run eagerly (each generation step has a new length, for which
+        they would recompile); the stance is set around the call only, not while the generator waits."""
+        with torch.compiler.set_stance("force_eager"):
+            return self(*args, **kwargs)
+
     @torch.inference_mode()
     def generate(
         self,
@@ -218,10 +224,6 @@ class GPT(nn.Module):
     ):
         """Yield new token ids one at a time (sampling; temperature 0 is greedy). The context slides
         when it fills block_size (the cache is then rebuilt from the last block_size tokens)."""
-        with torch.compiler.set_stance("force_eager"):  # compiled blocks would recompile for every length
-            yield from self._generate(prompt_ids, max_new_tokens, temperature, top_k, top_p, seed, use_cache)
-
-    def _generate(self, prompt_ids, max_new_tokens, temperature, top_k, top_p, seed, use_cache):
         gen = torch.Generator(device=prompt_ids.device)
         gen.manual_seed(seed if seed is not None else torch.seed())
         ids = prompt_ids.view(1, -1)
@@ -230,13 +232,13 @@ class GPT(nn.Module):
             if caches is None:  # (re)start: one full pass over the last block_size tokens fills the caches
                 window = ids[:, -self.cfg.block_size :]
                 caches = [{} for _ in self.blocks] if use_cache else None
-                logits = self(window, caches, last_only=True)[:, -1]
+                logits = self._eager(window, caches, last_only=True)[:, -1]
                 pos = window.shape[1]
             next_id = sample_next(logits[0].float(), temperature, top_k, top_p, gen)
             yield int(next_id)
             ids = torch.cat([ids, next_id.view(1, 1)], 1)
             if caches is not None and pos < self.cfg.block_size:
-                logits = self(next_id.view(1, 1), caches, start=pos)[:, -1]
+                logits = self._eager(next_id.view(1, 1), caches, start=pos)[:, -1]
                 pos += 1
             else:
                 caches = None
