@@ -145,3 +145,29 @@ def test_torchrun_error_exits_non_zero_on_every_rank_with_one_line(data_root):
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode != 0 and "terminate called" not in proc.stderr
     assert "train.batch_size=127 must divide evenly across 2 processes" in proc.stderr
+
+
+def test_the_command_ends_with_its_exit_code_after_the_exit_handlers_and_without_teardown(monkeypatch):
+    import atexit
+
+    from dla import cli
+
+    events = []
+    monkeypatch.setattr(cli, "main", lambda: 3)
+    monkeypatch.setattr(atexit, "_run_exitfuncs", lambda: events.append("atexit"))
+
+    def fake_exit(code):
+        events.append(("os._exit", code))
+        raise SystemExit(code)
+
+    monkeypatch.setattr(cli.os, "_exit", fake_exit)
+    monkeypatch.setattr(cli.sys, "gettrace", lambda: None)
+    monkeypatch.setattr(cli.sys, "getprofile", lambda: None)
+    with pytest.raises(SystemExit) as stop:
+        cli.run()
+    assert stop.value.code == 3 and events == ["atexit", ("os._exit", 3)]
+    events.clear()
+    monkeypatch.setattr(cli.sys, "getprofile", lambda: object())  # under cProfile: the normal exit, which writes its file
+    with pytest.raises(SystemExit) as stop:
+        cli.run()
+    assert stop.value.code == 3 and events == []
