@@ -5,7 +5,15 @@ import torch
 import torch.nn.functional as F
 
 from dla.errors import ConfigError
-from dla.models.gpt import GPT, GPTConfig, apply_rope, rope_rotate, rope_tables, rope_tables2, sample_next
+from dla.models.gpt import GPT, GPTConfig, rope_rotate, rope_tables, rope_tables2, sample_next
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """The rotary embedding as the model computed it before `rope_rotate` (x in (B, H, T, D), tables
+    (T, D/2)): the reference the fused rotation must equal to the bit."""
+    x1, x2 = x.float().chunk(2, dim=-1)
+    cos, sin = cos[None, None], sin[None, None]
+    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).type_as(x)
 
 
 def tiny(**kw) -> GPT:

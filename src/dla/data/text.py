@@ -368,7 +368,7 @@ def last_position_windows(ids: torch.Tensor, block: int, batch: int,
                           starts: torch.Tensor | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """The original lab's scoring: windows of `block` tokens (at `starts`; default every one) with each
     one's single next token, `batch` windows at a time."""
-    starts = torch.arange(0, len(ids) - block) if starts is None else starts
+    starts = last_position_starts(len(ids), block) if starts is None else starts
     for i in range(0, len(starts), batch):
         s = starts[i : i + batch]
         yield ids[s[:, None] + torch.arange(block)], ids[s + block]

@@ -66,24 +66,17 @@ def rope_tables(head_dim: int, length: int, base: float, device=None) -> tuple[t
     return angles.cos(), angles.sin()
 
 
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate pairs (x[..., i], x[..., i + D/2]) of x (B, H, T, D) by position-dependent angles.
+def rope_rotate(x: torch.Tensor, cos2: torch.Tensor, sin2: torch.Tensor) -> torch.Tensor:
+    """Rotate pairs (x[..., i], x[..., i + D/2]) of x (B, T, H, D) by position-dependent angles, with
+    tables of shape (T, 1, D): cos2 = [cos, cos] and sin2 = [-sin, sin] (`rope_tables2`). The halves
+    become x1*cos - x2*sin and x2*cos + x1*sin, in three kernels.
 
     The half-split pairing (rather than adjacent pairs) needs no interleaving; it is the same
     rotary embedding up to a fixed permutation of the head dimensions, which the projections absorb.
     """
-    x1, x2 = x.float().chunk(2, dim=-1)
-    cos, sin = cos[None, None], sin[None, None]
-    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).type_as(x)
-
-
-def rope_rotate(x: torch.Tensor, cos2: torch.Tensor, sin2: torch.Tensor) -> torch.Tensor:
-    """`apply_rope` in three kernels instead of seven, with the same result to the bit: for x (B, T, H, D)
-    and tables of shape (T, 1, D), cos2 = [cos, cos] and sin2 = [-sin, sin] (`rope_tables2`), the two
-    halves are x1*cos + x2*(-sin) and x2*cos + x1*sin (a negation is exact; fp addition commutes)."""
-    x1, x2 = x.float().chunk(2, dim=-1)
-    swapped = torch.cat([x2, x1], dim=-1)
-    return (x.float() * cos2 + swapped * sin2).type_as(x)
+    xf = x.float()
+    x1, x2 = xf.chunk(2, dim=-1)
+    return (xf * cos2 + torch.cat([x2, x1], dim=-1) * sin2).type_as(x)
 
 
 def rope_tables2(cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

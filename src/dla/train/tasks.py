@@ -22,7 +22,7 @@ from torch import nn
 from dla.attacks import fgsm, fgsm_rs, pgd
 from dla.config import TrainConfig
 from dla.data.batches import batches_per_epoch, eval_batches, train_batches
-from dla.data.text import TextData, last_position_starts, last_position_windows, random_windows, tiled_windows
+from dla.data.text import TextData, bits_per_char, last_position_starts, last_position_windows, random_windows, tiled_windows
 from dla.data.vision import ImageSet
 from dla.device import autocast, prepare_input
 
@@ -240,7 +240,7 @@ class LMTask(Task):
             token_loss = torch.cat([self._token_losses(model, x.to(device), y.to(device), cfg.precision).flatten()
                                     for x, y in tiled_windows(ids, self.block, per_batch)])
             loss = float(token_loss.sum() / len(token_loss))
-            result = {"loss": loss, "bpc": loss / self.data.test.chars_per_token / math.log(2)}
+            result = {"loss": loss, "bpc": bits_per_char(loss, self.data.test)}
             total = max(0, len(ids) - self.block)  # windows with a next token; their targets are block .. n-1
             starts = last_position_starts(len(ids), self.block, cfg.last_pos_windows)
             diff = torch.zeros(2, dtype=torch.float64, device=device)  # sum and sum of squares of the differences
@@ -279,7 +279,7 @@ class LMTask(Task):
         if accelerator.num_processes > 1:
             sums = accelerator.reduce(sums, reduction="sum")
         loss = float(sums[0] / sums[1])
-        return {"loss": loss, "bpc": loss / getattr(self.data, split).chars_per_token / math.log(2)}
+        return {"loss": loss, "bpc": bits_per_char(loss, getattr(self.data, split))}
 
 
 class TextClassifierTask(Task):
