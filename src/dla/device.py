@@ -73,8 +73,8 @@ def resolve_execution(train: TrainConfig) -> None:
 
     precision auto: bf16 on a GPU that supports it and on a CPU with AMX or AVX512-BF16, else fp32.
     compile auto: on a GPU, and on a CPU under bf16 autocast (fusing the casts around each matmul:
-    1.6x faster Lab 2.1 steps on an AMX Xeon); not for fp32 on a CPU, where the same steps ran at the
-    same speed compiled and eager and compiling cost 25-50 s cold (RESULTS.md). An explicit bf16 on a
+    1.6x faster Lab 2.1 steps on an AMX Xeon); not for fp32 on a CPU, where compiled steps were 0-1.36x
+    faster than eager in the measurements and a cold compile (15-50 s) cost about what it saved (RESULTS.md). An explicit bf16 on a
     CPU that emulates it is kept, with a one-line note.
     """
     global _warned_bf16
