@@ -94,6 +94,19 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_retrieve(args: argparse.Namespace) -> int:
+    from dla.kinds.retriever import retrieve
+
+    for query, ranked in retrieve(args.run, list(args.query), args.k, _data_root(args)):
+        if args.json:
+            print(json.dumps({"query": query, "top": [{"id": d, "score": s, "text": t} for d, s, t in ranked]}))
+            continue
+        print(f"query: {query}")
+        for rank, (doc, score, text) in enumerate(ranked, 1):
+            print(f"  {rank}. [{doc}] {score:.3f}  {text if len(text) <= 100 else text[:97] + '...'}")
+    return 0
+
+
 def write_stream(pieces) -> int:
     """Print text pieces as they come (a generator's prompt first); Ctrl-C ends the text, not the command."""
     try:
@@ -440,6 +453,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--invert", action="store_true", help="invert grey levels (dark digit on light paper)")
     p.add_argument("--json", action="store_true", help="one JSON object per image")
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("retrieve", help="the top-k documents of a retrieval run's corpus for a query (Lab 2.3.3)")
+    p.add_argument("run", help="run directory of a retrieval model (e.g. runs/lab2-retrieval/<run>)")
+    p.add_argument("query", nargs="+", help="one or more queries (quote each)")
+    p.add_argument("--k", type=int, default=5, help="documents to show (>= 1, default 5)")
+    p.add_argument("--json", action="store_true", help="one JSON object per query")
+    p.set_defaults(func=cmd_retrieve)
 
     p = sub.add_parser("generate", help="stream text from a Lab 2.1 language-model run")
     p.add_argument("run", help="run directory of a language model (e.g. runs/lab2-gpt-char/<run>)")

@@ -103,6 +103,54 @@ class TopicDataConfig:
             raise ConfigError(f"data.length_percentile: must be in [50, 100], got {self.length_percentile}")
 
 
+@dataclass
+class RetrievalDataConfig:
+    """Retrieval (Lab 2.3.3): AG News titles against every description (offline), or a BEIR set (online)."""
+
+    name: Literal["ag_news", "beir"] = "ag_news"
+    path: str | None = None  # ag_news: a CSV of articles (default as for lab2-finetune-agnews); beir: a BEIR folder
+    hub_id: str = "BeIR/scifact"  # beir without a path: the corpus/queries set (and its -qrels set) on the Hub
+    split_sizes: list[int] = field(default_factory=lambda: [5600, 800, 1200])  # ag_news: as lab2-finetune-agnews
+    split_seed: int = 0
+    val_corpus: Literal["split", "all"] = "split"  # ag_news: validation ranks the val articles' descriptions or all
+    val_queries: int = 100  # beir: validation queries carved from the training queries
+    query_length: int = 64  # tokens a query is truncated to
+    doc_length: int = 256  # tokens a document is truncated to
+    baselines: bool = True  # the test pass also scores BM25 and the frozen encoder on the same queries
+
+    def validate(self) -> None:
+        check_positive(self, "val_queries", "query_length", "doc_length", prefix="data.")
+        if len(self.split_sizes) != 3 or min(self.split_sizes) <= 0:
+            raise ConfigError(f"data.split_sizes: three positive sizes train,val,test, got {self.split_sizes}")
+        if self.name == "beir" and self.val_corpus != "split":
+            raise ConfigError("data.val_corpus is for ag_news; a BEIR set's validation always ranks its whole corpus")
+
+
+@dataclass
+class ChoiceDataConfig:
+    """Multiple choice (Lab 2.3.2): an AG News description and title options of its topic (offline), or SWAG."""
+
+    name: Literal["ag_news", "swag"] = "ag_news"
+    path: str | None = None  # ag_news: a CSV of articles
+    hub_id: str = "swag"  # swag: where on the Hub (config "regular")
+    split_sizes: list[int] = field(default_factory=lambda: [5600, 800, 1200])  # ag_news: as lab2-finetune-agnews
+    split_seed: int = 0  # the split and the distractors
+    options: int = 4  # the right title and options - 1 distractors
+    val_queries: int = 2000  # swag: validation questions carved from train
+    train_size: int | None = None  # swag: a subset of the 73k training questions (None: all)
+    max_length: int = 128  # tokens of a text, or of a (context, option) pair
+    baselines: bool = True  # the test pass also scores the frozen encoder's cosine (no training)
+
+    def validate(self) -> None:
+        check_positive(self, "val_queries", "train_size", "max_length", prefix="data.")
+        if len(self.split_sizes) != 3 or min(self.split_sizes) <= 0:
+            raise ConfigError(f"data.split_sizes: three positive sizes train,val,test, got {self.split_sizes}")
+        if not 2 <= self.options <= 16:
+            raise ConfigError(f"data.options: between 2 and 16 options, got {self.options}")
+        if self.name == "swag" and self.options != 4:
+            raise ConfigError(f"data.options: SWAG has 4 endings per question, got {self.options}")
+
+
 
 
 @dataclass

@@ -127,7 +127,8 @@ def register_kind(cls: type[RunKind]) -> type[RunKind]:
     return cls
 
 
-BUILT_IN = ("dla.kinds.image", "dla.kinds.language_model", "dla.kinds.text_classifier", "dla.kinds.agent")
+BUILT_IN = ("dla.kinds.image", "dla.kinds.language_model", "dla.kinds.text_classifier", "dla.kinds.agent",
+            "dla.kinds.retriever", "dla.kinds.multiple_choice")
 _loaded = False
 
 

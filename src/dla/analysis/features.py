@@ -18,6 +18,7 @@ from dla.errors import ConfigError
 from dla.kind import kinds_for
 from dla.data.tokens import Encoded, run_encoder
 from dla.hub import load_pretrained
+from dla.models.textpairs import mean_pool
 from dla.report.plots import plot_confusion
 from dla.rundir import RunDir
 
@@ -38,12 +39,6 @@ def load_encoder(name: str) -> Any:
     from transformers import AutoModel
 
     return load_pretrained(AutoModel.from_pretrained, name, "model").eval()
-
-
-def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Average of the token vectors that are not padding: (n, t, d), (n, t) -> (n, d)."""
-    mask = mask.unsqueeze(-1).to(hidden.dtype)
-    return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
 
 
 def embed(encoder: Any, data: Encoded, batch_size: int, device: torch.device, precision: str = "fp32",

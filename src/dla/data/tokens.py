@@ -21,13 +21,14 @@ class Encoded:
 
     ids: list[list[int]]
     pad_id: int
+    types: list[list[int]] | None = None  # token type ids of text pairs (BERT's segments), if any
 
     @property
     def lengths(self) -> np.ndarray:
         return np.fromiter((len(x) for x in self.ids), dtype=np.int64, count=len(self.ids))
 
     def batch(self, index: Sequence[int], device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
-        """`input_ids` and `attention_mask` of the given rows, padded to the longest of them."""
+        """`input_ids` and `attention_mask` (and `token_type_ids` of pairs) of the given rows, padded to the longest."""
         rows = [self.ids[i] for i in index]
         width = max(len(r) for r in rows)
         ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
@@ -35,7 +36,13 @@ class Encoded:
         for i, r in enumerate(rows):
             ids[i, : len(r)] = torch.tensor(r)
             mask[i, : len(r)] = 1
-        return {"input_ids": ids.to(device), "attention_mask": mask.to(device)}
+        out = {"input_ids": ids.to(device), "attention_mask": mask.to(device)}
+        if self.types is not None:
+            types = torch.zeros((len(rows), width), dtype=torch.long)
+            for i, j in enumerate(index):
+                types[i, : len(self.types[j])] = torch.tensor(self.types[j])
+            out["token_type_ids"] = types.to(device)
+        return out
 
 
 def token_lengths(tokenizer: Any, texts: Sequence[str]) -> np.ndarray:

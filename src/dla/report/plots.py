@@ -246,3 +246,29 @@ def plot_returns(curves: dict[str, list[list[dict[str, Any]]]], path: Path, titl
     ax.legend()
     ax.set_title(title, fontsize=9)
     return save_figure(fig, path)
+
+
+def plot_bars(groups: dict[str, dict[str, float]], path: Path, title: str = "", ylabel: str = "",
+              line: tuple[str, float] | None = None) -> Path:
+    """Grouped bars: one group per metric (the inner keys), one bar per system (the outer keys), values on top;
+    `line`: (label, value) drawn across, e.g. chance."""
+    import numpy as np
+
+    plt = pyplot()
+    systems = list(groups)
+    metrics = list(dict.fromkeys(m for values in groups.values() for m in values))
+    fig, ax = plt.subplots(figsize=(1.6 + 1.3 * len(metrics) * max(1, len(systems)) / 2, 3.8))
+    width = 0.8 / max(1, len(systems))
+    for i, system in enumerate(systems):
+        xs = np.arange(len(metrics)) + (i - (len(systems) - 1) / 2) * width
+        values = [groups[system].get(m, np.nan) for m in metrics]
+        bars = ax.bar(xs, values, width, label=system)
+        ax.bar_label(bars, labels=[f"{v:.3f}" for v in values], fontsize=7, padding=1)
+    if line:
+        ax.axhline(line[1], color="grey", linestyle="--", linewidth=1, label=line[0])
+    ax.set_xticks(np.arange(len(metrics)), metrics)
+    ax.set_ylim(0, 1.08)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=8, loc="lower right")
+    return save_figure(fig, path)
