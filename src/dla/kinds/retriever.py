@@ -73,7 +73,7 @@ class Retriever(RunKind):
             raise ConfigError("train.batch_size: in-batch negatives need at least 2 queries per batch")
         frozen = (lambda: MODELS["hf-bi-encoder"].build(cfg.model, (), 0)) if cfg.data.baselines else None
         return RetrievalTask(data, pretrained_tokenizer(cfg.model.pretrained), cfg.data.query_length,
-                             cfg.data.doc_length, frozen, cfg.model.scale)
+                             cfg.data.doc_length, frozen, cfg.model.scale, cfg.data.group_by_length)
 
     def build_model(self, cfg):
         from dla.models import MODELS

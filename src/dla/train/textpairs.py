@@ -130,8 +130,9 @@ class RetrievalTask(Task):
     metrics = ("ndcg10", "mrr10", "recall1", "recall10")
 
     def __init__(self, data: RetrievalData, tokenizer: Any, query_length: int, doc_length: int,
-                 frozen: Callable[[], nn.Module] | None, scale: float):
+                 frozen: Callable[[], nn.Module] | None, scale: float, group_by_length: bool = True):
         self.data, self.tokenizer, self.frozen, self.scale = data, tokenizer, frozen, scale
+        self.group = group_by_length
         self.queries = {s: encode(tokenizer, q.texts, query_length) for s, q in data.queries.items()}
         self.corpus = encode(tokenizer, data.corpus, doc_length)
         self.positives = np.asarray([rel[0] for rel in data.queries["train"].relevant])
@@ -154,10 +155,15 @@ class RetrievalTask(Task):
         return min(self.steps_per_epoch(cfg), self.total_steps(cfg) - done_steps)
 
     def batches(self, cfg, generator, accelerator, steps) -> Iterator[Any]:
+        """Shuffled batches of (query, document) pairs grouped by document length (`data.group_by_length`),
+        so that padding to the longest document wastes little; the last partial batch is dropped."""
+        from dla.data.tokens import train_batches
+
         device, rank, world = accelerator.device, accelerator.process_index, accelerator.num_processes
-        order = torch.randperm(len(self.positives), generator=generator).numpy()
-        for i in range(steps):
-            rows = order[i * cfg.batch_size:(i + 1) * cfg.batch_size][rank::world]
+        lengths = self.corpus.lengths[self.positives]
+        full = [b for b in train_batches(lengths, cfg.batch_size, generator, self.group) if len(b) == cfg.batch_size]
+        for rows in full[:steps]:
+            rows = rows[rank::world]
             yield self.queries["train"].batch(rows, device), self.corpus.batch(self.positives[rows], device)
 
     def step(self, model, batch, cfg, unwrapped, generator):
@@ -217,7 +223,8 @@ class ChoiceTask(Task):
     metrics = ("loss", "acc")
 
     def __init__(self, data: ChoiceData, tokenizer: Any, max_length: int, pairs: bool, loss: str, margin: float,
-                 frozen: Callable[[], nn.Module] | None):
+                 frozen: Callable[[], nn.Module] | None, group_by_length: bool = True):
+        self.group = group_by_length
         self.data, self.n, self.pairs, self.loss, self.margin, self.frozen = data, data.n_options, pairs, loss, margin, frozen
         self.tokenizer, self.max_length = tokenizer, max_length
         self.encoded = {s: self._encode(c, pairs) for s, c in data.splits.items()}
@@ -250,11 +257,21 @@ class ChoiceTask(Task):
     rounds = RetrievalTask.rounds
     round_steps = RetrievalTask.round_steps
 
+    def _lengths(self, split: str) -> np.ndarray:
+        """Each question's padded width: its context's length, or its longest (context, option) pair."""
+        if self.pairs:
+            return self.encoded[split]["pairs"].lengths.reshape(-1, self.n).max(1)
+        return self.encoded[split]["context"].lengths
+
     def batches(self, cfg, generator, accelerator, steps):
+        """Shuffled batches of questions, grouped by length (`data.group_by_length`); the last partial one dropped."""
+        from dla.data.tokens import train_batches
+
         device, rank, world = accelerator.device, accelerator.process_index, accelerator.num_processes
-        order = torch.randperm(len(self.answers["train"]), generator=generator).numpy()
-        for i in range(steps):
-            rows = order[i * cfg.batch_size:(i + 1) * cfg.batch_size][rank::world]
+        full = [b for b in train_batches(self._lengths("train"), cfg.batch_size, generator, self.group)
+                if len(b) == cfg.batch_size]
+        for rows in full[:steps]:
+            rows = rows[rank::world]
             yield self._batch("train", rows, device), self.answers["train"][rows].to(device)
 
     def _loss(self, scores: torch.Tensor, answers: torch.Tensor) -> torch.Tensor:
@@ -275,9 +292,7 @@ class ChoiceTask(Task):
         model.eval()
         device, rank, world = accelerator.device, accelerator.process_index, accelerator.num_processes
         answers = self.answers[split]
-        lengths = self.encoded[split]["pairs" if self.pairs else "context"].lengths
-        if self.pairs:
-            lengths = lengths.reshape(-1, self.n).max(1)
+        lengths = self._lengths(split)
         sums = torch.zeros(3, dtype=torch.float64, device=device)
         for i, rows in enumerate(length_sorted(lengths, max(1, cfg.eval_batch_size // self.n))):
             if i % world != rank:
