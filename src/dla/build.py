@@ -100,3 +100,38 @@ def generate_from_run(
     tokenizer.encode(prompt)  # an unknown character fails here, before any output
     yield prompt
     yield from stream_text(model, tokenizer, prompt, max_new_tokens, temperature, top_k, top_p, seed)
+
+
+def retrieve_from_run(path: str | Path, queries: list[str], k: int, data_root: Path | None = None) -> list[tuple[str, list]]:
+    """`dla retrieve`: for each query, the run's top-k documents as (document id, score, text), best first."""
+    import numpy as np
+
+    from dla.data.textpairs import load_retrieval
+    from dla.data.tokens import encode
+    from dla.hub import pretrained_tokenizer
+
+    if k < 1:
+        raise DlaError(f"--k: must be >= 1, got {k}")
+    empty = [q for q in queries if not q.strip()]
+    if empty or not queries:
+        raise DlaError("the query is empty: give the text to search for, e.g. dla retrieve RUN \"oil prices rise\"")
+    run, cfg = open_run(path, "dla retrieve")
+    stored = run.path / "corpus.npy"
+    if not stored.is_file():
+        raise DlaError(f"{run.path} has no corpus vectors ({stored.name}): an unfinished run; finish it with "
+                       f"dla train --resume {run.path}")
+    model, cfg = load_run_model(run)
+    recorded = run.read_summary().get("data_files", {})
+    if cfg.data.path is None and recorded.get("file") and Path(recorded["file"]).is_file():
+        cfg.data.path = recorded["file"]
+    data = load_retrieval(cfg.data, data_root)
+    docs = torch.from_numpy(np.load(stored).astype(np.float32))
+    if len(docs) != len(data.corpus):
+        raise DlaError(f"{stored}: {len(docs)} vectors for a corpus of {len(data.corpus)} documents; the data changed "
+                       f"since the run")
+    enc = encode(pretrained_tokenizer(cfg.model.pretrained), queries, cfg.data.query_length)
+    with torch.inference_mode():
+        q = model(**enc.batch(range(len(queries))))
+        top = torch.topk(q @ docs.T, min(k, len(docs)), dim=1)
+    return [(query, [(data.doc_ids[i], float(s), data.corpus[i]) for s, i in zip(vals, idx)])
+            for query, vals, idx in zip(queries, top.values.tolist(), top.indices.tolist())]

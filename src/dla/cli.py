@@ -95,9 +95,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_retrieve(args: argparse.Namespace) -> int:
-    from dla.kinds.retriever import retrieve
+    from dla.build import retrieve_from_run
 
-    for query, ranked in retrieve(args.run, list(args.query), args.k, _data_root(args)):
+    for query, ranked in retrieve_from_run(args.run, list(args.query), args.k, _data_root(args)):
         if args.json:
             print(json.dumps({"query": query, "top": [{"id": d, "score": s, "text": t} for d, s, t in ranked]}))
             continue

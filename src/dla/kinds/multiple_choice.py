@@ -30,7 +30,8 @@ class MultipleChoiceKind(RunKind):
     report_columns = (Column("test acc (%)", "test_acc", "pct", True),
                       Column("frozen cosine acc (%)", "frozen_cosine_acc", "pct", True),
                       Column("chance (%)", "chance_acc", "pct"), Column("test loss", "test_loss", "float", False),
-                      Column("params", "params", "int"), Column("train time (s)", "train_time_s", "time"))
+                      Column("params", "params", "int"), Column("trained params", "trainable_params", "int"),
+                      Column("train time (s)", "train_time_s", "time"))
     fallback = Column("best val acc (%)", "best_val_acc", "pct", True)
 
     def check(self, cfg):

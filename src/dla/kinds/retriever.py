@@ -4,7 +4,7 @@ Offline: AG News, an article's title as the query and its own description among 
 answer (`lab2-retrieval`); online: a BEIR set, SciFact by default (`lab2-retrieval-scifact`).
 The model (`hf-bi-encoder`) is fine-tuned with in-batch negatives on the one loop; its test pass
 also scores BM25 and the frozen encoder on the same queries, and keeps the corpus vectors in the
-run (`corpus.npy`) so that `dla retrieve RUN "query"` answers at once.
+run (`corpus.npy`) so that `dla retrieve RUN "query"` (`dla.build.retrieve_from_run`) answers at once.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from dla.config import RetrievalDataConfig
-from dla.errors import ConfigError, DlaError
+from dla.errors import ConfigError
 from dla.kind import Column, RunKind, register_kind
 
 RETRIEVER = "retriever"
@@ -111,38 +111,3 @@ class Retriever(RunKind):
                 lines.append(f"  {label}: " + "  ".join(f"{name} {task.baselines[key][m]:.4f}" for name, m in METRICS))
         return {f"{k}_{m}": v[m] for k, v in task.baselines.items() for _, m in METRICS}, "\n".join(lines)
 
-
-def retrieve(path: str | Path, queries: list[str], k: int, data_root: Path | None = None) -> list[tuple[str, list]]:
-    """`dla retrieve`: for each query, the run's top-k documents as (document id, score, text), best first."""
-    import torch
-
-    from dla.build import load_run_model, open_run
-    from dla.data.textpairs import load_retrieval
-    from dla.data.tokens import encode
-    from dla.hub import pretrained_tokenizer
-
-    if k < 1:
-        raise DlaError(f"--k: must be >= 1, got {k}")
-    empty = [q for q in queries if not q.strip()]
-    if empty or not queries:
-        raise DlaError("the query is empty: give the text to search for, e.g. dla retrieve RUN \"oil prices rise\"")
-    run, cfg = open_run(path, "dla retrieve")
-    stored = run.path / "corpus.npy"
-    if not stored.is_file():
-        raise DlaError(f"{run.path} has no corpus vectors ({stored.name}): an unfinished run; finish it with "
-                       f"dla train --resume {run.path}")
-    model, cfg = load_run_model(run)
-    recorded = run.read_summary().get("data_files", {})
-    if cfg.data.path is None and recorded.get("file") and Path(recorded["file"]).is_file():
-        cfg.data.path = recorded["file"]
-    data = load_retrieval(cfg.data, data_root)
-    docs = torch.from_numpy(np.load(stored).astype(np.float32))
-    if len(docs) != len(data.corpus):
-        raise DlaError(f"{stored}: {len(docs)} vectors for a corpus of {len(data.corpus)} documents; the data changed "
-                       f"since the run")
-    enc = encode(pretrained_tokenizer(cfg.model.pretrained), queries, cfg.data.query_length)
-    with torch.inference_mode():
-        q = model(**enc.batch(range(len(queries))))
-        top = torch.topk(q @ docs.T, min(k, len(docs)), dim=1)
-    return [(query, [(data.doc_ids[i], float(s), data.corpus[i]) for s, i in zip(vals, idx)])
-            for query, vals, idx in zip(queries, top.values.tolist(), top.indices.tolist())]

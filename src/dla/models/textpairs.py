@@ -64,9 +64,16 @@ class BiEncoder(nn.Module):
         return F.normalize(mean_pool(hidden, attention_mask).float(), dim=-1)
 
 
+def _without_pooler(encoder: nn.Module) -> nn.Module:
+    """The encoder without its [CLS] pooler, which mean pooling leaves unused (DDP refuses weights with no gradient)."""
+    if getattr(encoder, "pooler", None) is not None:
+        encoder.pooler = None
+    return encoder
+
+
 @register_model("hf-bi-encoder", BiEncoderConfig)
 def build_bi_encoder(cfg: BiEncoderConfig, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
-    return BiEncoder(_auto("AutoModel", cfg.pretrained), cfg.scale)
+    return BiEncoder(_without_pooler(_auto("AutoModel", cfg.pretrained)), cfg.scale)
 
 
 @dataclass
@@ -78,10 +85,11 @@ class ChoiceRankerConfig:
     margin: float = 1.0  # of the margin ranking loss: the right option's score must beat each other one by this
 
     def validate(self) -> None:
-        from dla.config import check_positive
         from dla.errors import ConfigError
 
-        check_positive(self, "hidden", "margin", prefix="model.")
+        for key in ("hidden", "margin"):
+            if getattr(self, key) <= 0:
+                raise ConfigError(f"model.{key}: must be > 0, got {getattr(self, key)}")
         if not 0 <= self.dropout < 1:
             raise ConfigError(f"model.dropout: must be in [0, 1), got {self.dropout}")
 
@@ -111,7 +119,7 @@ class ChoiceRanker(nn.Module):
 
 @register_model("hf-choice-ranker", ChoiceRankerConfig)
 def build_choice_ranker(cfg: ChoiceRankerConfig, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
-    encoder = _auto("AutoModel", cfg.pretrained)
+    encoder = _without_pooler(_auto("AutoModel", cfg.pretrained))
     return ChoiceRanker(encoder, encoder.config.hidden_size, cfg.hidden, cfg.dropout, cfg.margin)
 
 

@@ -267,8 +267,8 @@ def plot_bars(groups: dict[str, dict[str, float]], path: Path, title: str = "", 
     if line:
         ax.axhline(line[1], color="grey", linestyle="--", linewidth=1, label=line[0])
     ax.set_xticks(np.arange(len(metrics)), metrics)
-    ax.set_ylim(0, 1.08)
+    ax.set_ylim(0, 1.18)  # room above the bars for the legend
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=9)
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, loc="upper center", ncol=len(systems) + bool(line), frameon=False)
     return save_figure(fig, path)

@@ -98,6 +98,7 @@ def embed_rows(model: nn.Module, enc: Encoded, rows: np.ndarray, batch_size: int
                precision: str) -> torch.Tensor:
     """The model's vectors of `rows` of `enc`, in that order: each process encodes every world-th length-sorted
     batch, and the vectors are gathered (a single process encodes them all)."""
+    model = getattr(model, "module", model)  # not the DDP wrapper: its forward syncs buffers, and shares differ in size
     device, rank, world = accelerator.device, accelerator.process_index, accelerator.num_processes
     order = rows[np.argsort(enc.lengths[rows], kind="stable")]
     batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
@@ -257,6 +258,10 @@ class ChoiceTask(Task):
     rounds = RetrievalTask.rounds
     round_steps = RetrievalTask.round_steps
 
+    def attach(self, model: nn.Module) -> None:
+        """Count the weights training changes: the ranker's head alone, the whole encoder when fine-tuned."""
+        self.trainable_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
+
     def _lengths(self, split: str) -> np.ndarray:
         """Each question's padded width: its context's length, or its longest (context, option) pair."""
         if self.pairs:
@@ -290,6 +295,7 @@ class ChoiceTask(Task):
     @torch.inference_mode()
     def evaluate(self, model, split, accelerator, cfg):
         model.eval()
+        model = getattr(model, "module", model)  # not the DDP wrapper: the processes make different numbers of calls
         device, rank, world = accelerator.device, accelerator.process_index, accelerator.num_processes
         answers = self.answers[split]
         lengths = self._lengths(split)
@@ -325,4 +331,5 @@ class ChoiceTask(Task):
         return float((picked == self.answers["test"]).double().mean())
 
     def summary(self, history):
-        return {"splits": self.data.describe(), "options": self.n, "data_files": self.data.extra, **self.baselines}
+        return {"splits": self.data.describe(), "options": self.n, "data_files": self.data.extra,
+                "trainable_params": getattr(self, "trainable_params", None), **self.baselines}
