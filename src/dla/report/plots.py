@@ -257,7 +257,7 @@ def plot_bars(groups: dict[str, dict[str, float]], path: Path, title: str = "", 
     plt = pyplot()
     systems = list(groups)
     metrics = list(dict.fromkeys(m for values in groups.values() for m in values))
-    fig, ax = plt.subplots(figsize=(1.6 + 1.3 * len(metrics) * max(1, len(systems)) / 2, 3.8))
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.6 + 0.65 * len(metrics) * max(1, len(systems))), 3.8))
     width = 0.8 / max(1, len(systems))
     for i, system in enumerate(systems):
         xs = np.arange(len(metrics)) + (i - (len(systems) - 1) / 2) * width
