@@ -591,6 +591,13 @@ CASES = [
     Case("hf-finetune-part-smaller-than-classes", ["hf", "finetune", "lab2-finetune-agnews", "data.path={tmp}/news.csv",
                                                    "data.split_sizes=[6,4,5]", "runs_dir={tmp}/runs"], "split sizes",
          requires=MINILM, damage=news_csv((4, 4, 4, 4))),
+    # --- Lab 2.1 beyond the original: Mixture-of-Experts
+    Case("gpt-moe-top-k-above-experts", ["train", "lab2-gpt-char", "model.moe_experts=2", "model.moe_top_k=3", *PAIRS],
+         "model.moe_top_k"),
+    Case("gpt-moe-every-0", ["train", "lab2-gpt-char", "model.moe_experts=4", "model.moe_every=0", *PAIRS],
+         "model.moe_every"),
+    Case("gpt-moe-experts-negative", ["train", "lab2-gpt-char", "model.moe_experts=-2", *PAIRS], "model.moe_experts"),
+    Case("moe-keys-on-an-mlp", ["train", "lab1-mlp", "model.moe_experts=4", *TINY_TRAIN], "model.moe_experts"),
     # --- Lab 2 exercises 3.2 and 3.3 (multiple choice, retrieval)
     Case("retrieve-empty-query", ["retrieve", IMG, "  "], "query is empty"),
     Case("retrieve-k-0", ["retrieve", IMG, "oil prices", "--k", "0"], "--k"),

@@ -120,9 +120,10 @@ class StopAt(Callback):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("optimizer", ["adamw", "muon", "lion"])
+@pytest.mark.parametrize("optimizer", ["adamw", "muon", "lion", "adamw+moe"])
 def test_interrupted_lm_run_resumes_to_the_same_result(text_root, tmp_path, optimizer):
-    overrides = [*SMOKE, "train.max_steps=40", f"optim.name={optimizer}"]
+    moe = ["model.moe_experts=4", "model.moe_top_k=2"] if optimizer.endswith("+moe") else []
+    overrides = [*SMOKE, "train.max_steps=40", f"optim.name={optimizer.removesuffix('+moe')}", *moe]
     full = experiment.train(load_experiment("lab2-gpt-char", overrides), text_root, run_path=tmp_path / "full")
     with pytest.raises(KeyboardInterrupt):
         experiment.train(load_experiment("lab2-gpt-char", overrides), text_root, callbacks=[StopAt(25)],
@@ -183,13 +184,18 @@ def test_head_sweep_writes_the_lm_table(text_root, tmp_path):
 
 
 @pytest.mark.slow
-def test_lm_under_torchrun_matches_one_process_test_scores_included(text_root, tmp_path):
+@pytest.mark.parametrize("routed", [[], ["model.moe_experts=4", "model.moe_top_k=2", "model.moe_aux=0"]],
+                         ids=["dense", "moe"])
+def test_lm_under_torchrun_matches_one_process_test_scores_included(text_root, tmp_path, routed):
     """2 gloo processes share the rounds' batches and the last-position windows; every metric, the
-    final test scores among them, is the 1-process run's (no dropout: the processes draw their own masks)."""
+    final test scores among them, is the 1-process run's (no dropout: the processes draw their own masks).
+    With experts, each process routes its own tokens (an expert may get none of them on one process); the
+    load-balancing loss is off there, since each process computes it from its own tokens' shares, which is
+    not the whole batch's (the z-loss is a mean over tokens, the same either way)."""
     import os
 
     args = ["--data-root", str(text_root), "train", "lab2-gpt-char", *SMOKE, "model.dropout=0", "train.max_steps=20",
-            "train.last_pos_windows=101", f"runs_dir={tmp_path}"]
+            "train.last_pos_windows=101", f"runs_dir={tmp_path}", *routed]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     torchrun(*args, "run_name=ddp", env=env, launch=("--master_port", "29531"))
     dla(*args[2:], "run_name=single", root=text_root)

@@ -87,6 +87,14 @@ class LanguageModel(RunKind):
         run.sample.write_text(text)
         tracker.text("sample", text, step)
         print(f"\nsample ({run.sample}):\n{text}\n")
+        if getattr(model, "moe_layers", None):  # the experts' shares at every evaluation
+            from dla.manifest import PLOTS_TITLE, write_manifest
+            from dla.report.plots import plot_routing
+
+            plot_routing(run.read_metrics(), model.moe_layers, cfg.model.moe_experts, run.plots / "routing.png",
+                         f"{cfg.name}: {cfg.model.moe_experts} experts, top-{cfg.model.moe_top_k}")
+            write_manifest(run.plots, "plots", PLOTS_TITLE,
+                           [{"file": "routing.png", "caption": "Mixture-of-Experts routing: each expert's share"}])
 
     def summary(self, cfg, data):
         return {"test_split": "val (two-way split)"} if data.test_is_val else {}

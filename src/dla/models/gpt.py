@@ -34,8 +34,26 @@ class GPTConfig:
     ffn_hidden: int | None = None  # SwiGLU width; None: about 8/3 * n_embd, rounded up to a multiple of 32
     dropout: float = 0.0
     rope_base: float = 10000.0
+    # Mixture-of-Experts: the MLP of every moe_every-th block becomes moe_experts fine-grained SwiGLU experts
+    # (hidden / moe_top_k wide each, so a token's active MLP weights and FLOPs equal the dense MLP's)
+    moe_experts: int = 0  # 0: dense
+    moe_top_k: int = 2  # experts per token (token-choice, dropless)
+    moe_every: int = 2  # blocks 2, 4, ... (with 1: every block)
+    moe_aux: float = 0.01  # weight of the load-balancing loss E * sum_i f_i * P_i (training loss only)
+    moe_z: float = 0.001  # weight of the router z-loss mean(logsumexp(logits)^2) (training loss only)
 
     def validate(self) -> None:
+        if self.moe_experts < 0:
+            raise ConfigError(f"model.moe_experts: a number of experts >= 0 (0: dense), got {self.moe_experts}")
+        if self.moe_every < 1:
+            raise ConfigError(f"model.moe_every: must be >= 1 (1: every block), got {self.moe_every}")
+        if self.moe_experts and not 1 <= self.moe_top_k <= self.moe_experts:
+            raise ConfigError(f"model.moe_top_k={self.moe_top_k}: must be between 1 and model.moe_experts="
+                              f"{self.moe_experts}")
+        if self.moe_aux < 0 or self.moe_z < 0:
+            raise ConfigError(f"model.moe_aux and model.moe_z: loss weights >= 0, got {self.moe_aux}, {self.moe_z}")
+        if self.moe_experts and self.hidden // self.moe_top_k < 1:
+            raise ConfigError(f"model.moe_top_k={self.moe_top_k} leaves the experts no width (MLP width {self.hidden})")
         kv = self.n_kv_heads or self.n_head
         if self.n_embd % self.n_head:
             raise ConfigError(f"model.n_embd={self.n_embd} must be divisible by model.n_head={self.n_head}")
@@ -137,11 +155,68 @@ class SwiGLU(nn.Module):
         return self.w2(F.silu(gate) * up)
 
 
-class Block(nn.Module):
+class MoE(nn.Module):
+    """Mixture-of-Experts MLP: `moe_experts` SwiGLU experts of width hidden / k, each token sent to its top k.
+
+    The router is a bias-free linear layer computed in fp32 (autocast off); its softmax over all experts
+    comes before the top-k, whose k weights are renormalised, so even with k = 1 the gate carries a
+    gradient to the router. Routing is dropless: every token reaches its k experts, in training and in
+    evaluation. `forward` leaves the auxiliary loss (weighted load-balancing and z-losses) in `aux` and
+    the routing statistics of the pass in `stats` (tokens per expert, then the two losses and the mean
+    routing entropy), for the model to collect.
+    """
+
     def __init__(self, cfg: GPTConfig):
         super().__init__()
+        self.n_experts, self.top_k = cfg.moe_experts, cfg.moe_top_k
+        self.hidden = cfg.hidden // cfg.moe_top_k
+        self.aux_weight, self.z_weight = cfg.moe_aux, cfg.moe_z
+        self.router = nn.Linear(cfg.n_embd, cfg.moe_experts, bias=False)
+        self.w13 = nn.Parameter(torch.empty(cfg.moe_experts, 2 * self.hidden, cfg.n_embd))  # W1 and W3 of each expert
+        self.w2 = nn.Parameter(torch.empty(cfg.moe_experts, cfg.n_embd, self.hidden))
+        nn.init.normal_(self.w13, std=0.02)
+        nn.init.normal_(self.w2, std=0.02)
+        self.aux: torch.Tensor | None = None
+        self.stats: torch.Tensor | None = None
+
+    def route(self, flat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Router logits (fp32), probabilities over all experts, and each token's k experts and weights."""
+        with torch.autocast(flat.device.type, enabled=False):
+            logits = F.linear(flat.float(), self.router.weight.float())
+        probs = logits.softmax(-1)
+        weights, experts = probs.topk(self.top_k, dim=-1)
+        return logits, probs, experts, weights / weights.sum(-1, keepdim=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        flat = x.reshape(-1, shape[-1])
+        logits, probs, experts, weights = self.route(flat)
+        out = torch.zeros_like(flat)
+        for e in range(self.n_experts):  # an expert with no token still runs (on 0 rows): under DDP every
+            rows, slot = (experts == e).nonzero(as_tuple=True)  # weight must get a gradient, zero or not
+            gate, up = F.linear(flat[rows], self.w13[e]).chunk(2, dim=-1)
+            y = F.linear(F.silu(gate) * up, self.w2[e])
+            out.index_add_(0, rows, (y * weights[rows, slot, None]).to(out.dtype))
+        counts = torch.bincount(experts.flatten(), minlength=self.n_experts).float()
+        balance, z = load_balancing_loss(probs, counts), logits.logsumexp(-1).square().mean()
+        self.aux = self.aux_weight * balance + self.z_weight * z
+        entropy = -(probs * probs.clamp_min(1e-12).log()).sum(-1).mean()
+        self.stats = torch.cat([counts, torch.stack([balance, z, entropy]).float()]).detach()
+        return out.view(shape)
+
+
+def load_balancing_loss(probs: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+    """E * sum_i f_i * P_i: f_i the share of the token-to-expert assignments that went to expert i, P_i the mean
+    of expert i's probability over all experts' softmax (not the renormalised top-k). 1 for a uniform router."""
+    f = counts / counts.sum()
+    return probs.shape[-1] * (f * probs.mean(0)).sum()
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: GPTConfig, moe: bool = False):
+        super().__init__()
         self.norm1, self.attn = RMSNorm(cfg.n_embd), Attention(cfg)
-        self.norm2, self.mlp = RMSNorm(cfg.n_embd), SwiGLU(cfg)
+        self.norm2, self.mlp = RMSNorm(cfg.n_embd), MoE(cfg) if moe else SwiGLU(cfg)
         self.drop = nn.Dropout(cfg.dropout)
 
     def forward(self, x, cos, sin, cache=None, last_only: bool = False):
@@ -157,7 +232,10 @@ class GPT(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.embed = nn.Embedding(cfg.vocab_size, cfg.n_embd)
-        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
+        self.blocks = nn.ModuleList(Block(cfg, moe=is_moe_block(cfg, i)) for i in range(cfg.n_layer))
+        self.moe_layers = [i for i in range(cfg.n_layer) if is_moe_block(cfg, i)]
+        self.aux_loss: torch.Tensor | None = None  # the routed layers' auxiliary losses of the last forward pass
+        self.routing: dict | None = None  # summed routing statistics, from `track_routing` to `routing_metrics`
         self.norm = RMSNorm(cfg.n_embd)
         self.head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
         self.head.weight = self.embed.weight  # tied
@@ -166,7 +244,7 @@ class GPT(nn.Module):
         self.register_buffer("sin", sin2, persistent=False)
         self.apply(self._init)
         for name, p in self.named_parameters():  # scaled init of residual projections (GPT-2)
-            if name.endswith(("wo.weight", "w2.weight")):
+            if name.endswith(("wo.weight", "w2.weight", "mlp.w2")):
                 nn.init.normal_(p, std=0.02 / math.sqrt(2 * cfg.n_layer))
 
     @staticmethod
@@ -188,7 +266,45 @@ class GPT(nn.Module):
         last = len(self.blocks) - 1
         for i, block in enumerate(self.blocks):
             x = block(x, cos, sin, caches[i] if caches is not None else None, last_only and i == last)
+        if self.moe_layers:
+            self.aux_loss = sum(self.blocks[i].mlp.aux for i in self.moe_layers)
+            if self.routing is not None:
+                for i in self.moe_layers:
+                    stats = self.blocks[i].mlp.stats
+                    self.routing[i] = self.routing[i] + stats if i in self.routing else stats.clone()
+                self.routing["passes"] = self.routing.get("passes", 0) + 1
         return self.head(self.norm(x))
+
+    def parameter_counts(self) -> dict[str, int]:
+        """Total parameters, and those a token uses (its k experts of each MoE layer, not all of them)."""
+        total = sum(p.numel() for p in self.parameters())
+        idle = 0
+        for i in self.moe_layers:
+            moe = self.blocks[i].mlp
+            idle += (moe.n_experts - moe.top_k) * (moe.w13[0].numel() + moe.w2[0].numel())
+        return {"total": total, "active": total - idle}
+
+    def track_routing(self) -> None:
+        """Sum the routing statistics of every forward pass from now until `routing_metrics` (an evaluation)."""
+        self.routing = {}
+
+    def routing_metrics(self) -> dict[str, float]:
+        """Per MoE layer, from the passes tracked last: each expert's share of the token assignments, max/mean
+        load, dead experts (under a quarter of a uniform share), routing entropy and the two auxiliary losses."""
+        out: dict[str, float] = {}
+        acc, self.routing = self.routing or {}, None
+        passes = acc.pop("passes", 0)
+        for i, stats in acc.items():
+            moe = self.blocks[i].mlp
+            counts = stats[: moe.n_experts]
+            share = counts / counts.sum()
+            name = f"moe{i}"
+            out.update({f"{name}_share{e}": float(v) for e, v in enumerate(share)})
+            out[f"{name}_max_load"] = float(share.max() * moe.n_experts)
+            out[f"{name}_dead"] = int((share < 0.25 / moe.n_experts).sum())
+            balance, z, entropy = (stats[moe.n_experts:] / passes).tolist()
+            out.update({f"{name}_entropy": entropy, f"{name}_balance_loss": balance, f"{name}_z_loss": z})
+        return out
 
     def compile_blocks(self) -> None:
         """Regional compilation: every block is compiled in place with one shared compiled code, since the
@@ -196,7 +312,8 @@ class GPT(nn.Module):
         and builds one block's forward and backward instead of the whole stack's. Calls with a KV cache or
         `last_only` (generation, scoring) run eagerly: `torch.compiler.set_stance("force_eager")`."""
         for block in self.blocks:
-            block.compile(dynamic=False)
+            if not isinstance(block.mlp, MoE):  # routing's data-dependent shapes: MoE blocks stay eager
+                block.compile(dynamic=False)
 
     def _eager(self, *args, **kwargs) -> torch.Tensor:
         """A forward pass with compiled blocks run eagerly (each generation step has a new length, for which
@@ -235,6 +352,11 @@ class GPT(nn.Module):
                 pos += 1
             else:
                 caches = None
+
+
+def is_moe_block(cfg: GPTConfig, i: int) -> bool:
+    """Whether block i (0-based) has the Mixture-of-Experts MLP: every moe_every-th block, counting from 1."""
+    return bool(cfg.moe_experts) and (i + 1) % cfg.moe_every == 0
 
 
 @register_model("gpt", GPTConfig)

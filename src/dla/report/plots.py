@@ -272,3 +272,23 @@ def plot_bars(groups: dict[str, dict[str, float]], path: Path, title: str = "", 
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=8, loc="upper center", ncol=len(systems) + bool(line), frameon=False)
     return save_figure(fig, path)
+
+
+def plot_routing(history: list[dict[str, Any]], layers: list[int], n_experts: int, path: Path, title: str = "") -> Path:
+    """Mixture-of-Experts routing over training, one panel per MoE layer: each expert's share of the token
+    assignments at every evaluation (uniform: 1/E, dashed), with the max/mean load in the panel's title."""
+    plt = pyplot()
+    fig, axes = plt.subplots(1, len(layers), figsize=(4.2 * len(layers), 3.4), squeeze=False)
+    steps = [r["step"] for r in history]
+    for ax, layer in zip(axes[0], layers):
+        for e in range(n_experts):
+            ax.plot(steps, [r.get(f"val_moe{layer}_share{e}") for r in history], linewidth=1.2, label=f"expert {e}")
+        ax.axhline(1 / n_experts, color="grey", linestyle="--", linewidth=1)
+        last = history[-1] if history else {}
+        ax.set_title(f"block {layer + 1}: max/mean load {last.get(f'val_moe{layer}_max_load', float('nan')):.2f}, "
+                     f"dead {last.get(f'val_moe{layer}_dead', '-')}", fontsize=8)
+        ax.set_xlabel("step")
+        ax.set_ylabel("share of assignments")
+    axes[0][-1].legend(fontsize=6, ncol=2)
+    fig.suptitle(title, fontsize=9)
+    return save_figure(fig, path)

@@ -181,12 +181,23 @@ class LMTask(Task):
         with autocast(x.device, cfg.precision):
             logits = model(x)
         loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
-        detached = loss.detach()
+        detached = loss.detach()  # what is reported: the plain cross-entropy
+        aux = getattr(unwrapped, "aux_loss", None)  # a routed model's auxiliary losses: trained on, never reported
         n = torch.tensor(float(y.numel()), device=y.device)
-        return loss, {"loss": detached * n, "n": n}
+        return (loss + aux if aux is not None else loss), {"loss": detached * n, "n": n}
+
+    def attach(self, model):
+        counts = getattr(getattr(model, "module", model), "parameter_counts", None)
+        self.param_counts = counts() if counts else None
 
     def train_metrics(self, sums, model, accelerator, cfg):
         return self.evaluate(model, "train", accelerator, cfg)
+
+    def summary(self, history):
+        counts = getattr(self, "param_counts", None)
+        if not counts or counts["active"] == counts["total"]:
+            return {}
+        return {"params_total": counts["total"], "params_active": counts["active"]}  # MoE: a token uses k experts
 
     def _windows(self, split: str, cfg: TrainConfig) -> torch.Tensor:
         """Start positions of the fixed evaluation windows of a split (the same on every call)."""
@@ -207,10 +218,17 @@ class LMTask(Task):
         starts = starts[rank::world]
         offsets = torch.arange(self.block + 1)
         sums = torch.zeros(2, dtype=torch.float64, device=accelerator.device)
+        inner = getattr(model, "module", model)
+        routed = split == "val" and bool(getattr(inner, "moe_layers", None))
+        if routed:
+            inner.track_routing()
         for i in range(0, len(starts), cfg.batch_size):
             w = ids[starts[i : i + cfg.batch_size, None] + offsets].to(accelerator.device)
             sums += self._loss_sum(model, w[:, :-1], w[:, 1:], cfg.precision)
-        return self._metrics(sums, accelerator, split)
+        result = self._metrics(sums, accelerator, split)
+        if routed:  # each expert's share, load, dead experts, entropy and the auxiliary losses (of this process's windows)
+            result.update(inner.routing_metrics())
+        return result
 
     @torch.inference_mode()
     def test(self, model, accelerator, cfg):
