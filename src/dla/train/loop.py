@@ -128,7 +128,7 @@ def fit(
             if main:
                 where = f"{unit} {epoch:3d}" if unit == "epoch" else f"step {state.step:6d}"
                 metrics = "  ".join(
-                    f"{split} " + " ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in m.items()) for split, m in (("train", train), ("val", val))
+                    f"{split} " + " ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in task.shown(m).items()) for split, m in (("train", train), ("val", val))
                 )
                 tqdm.write(f"{where}  {metrics}  lr {record['lr']:.2e}  {epoch_time:.1f}s{' *' if record['best'] else ''}")
             for cb in callbacks:

@@ -105,6 +105,10 @@ class Task:
         """What the task adds to summary.json."""
         return {}
 
+    def shown(self, metrics: dict[str, Any]) -> dict[str, Any]:
+        """The part of a round's train or val metrics printed on its line (all are recorded)."""
+        return metrics
+
 
 class ImageTask(Task):
     """Image classification: shuffled epochs over an in-memory uint8 set, cross-entropy and accuracy."""
@@ -192,6 +196,10 @@ class LMTask(Task):
 
     def train_metrics(self, sums, model, accelerator, cfg):
         return self.evaluate(model, "train", accelerator, cfg)
+
+    def shown(self, metrics):
+        """Loss and bits per char, and of the routing statistics only each MoE layer's max/mean load."""
+        return {k: v for k, v in metrics.items() if not k.startswith("moe") or k.endswith("_max_load")}
 
     def summary(self, history):
         counts = getattr(self, "param_counts", None)
