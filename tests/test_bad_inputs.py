@@ -598,6 +598,11 @@ CASES = [
          "model.moe_every"),
     Case("gpt-moe-experts-negative", ["train", "lab2-gpt-char", "model.moe_experts=-2", *PAIRS], "model.moe_experts"),
     Case("moe-keys-on-an-mlp", ["train", "lab1-mlp", "model.moe_experts=4", *TINY_TRAIN], "model.moe_experts"),
+    Case("gpt-mod-capacity-0", ["train", "lab2-gpt-char", "model.mod_capacity=0", *PAIRS], "model.mod_capacity"),
+    Case("gpt-mod-capacity-above-1", ["train", "lab2-gpt-char", "model.mod_capacity=1.2", *PAIRS], "model.mod_capacity"),
+    Case("gpt-mod-every-0", ["train", "lab2-gpt-char", "model.mod_capacity=0.5", "model.mod_every=0", *PAIRS],
+         "model.mod_every"),
+    Case("mod-keys-on-a-cnn", ["train", "lab1-cnn", "model.mod_capacity=0.5", *TINY_TRAIN], "model.mod_capacity"),
     # --- Lab 2 exercises 3.2 and 3.3 (multiple choice, retrieval)
     Case("retrieve-empty-query", ["retrieve", IMG, "  "], "query is empty"),
     Case("retrieve-k-0", ["retrieve", IMG, "oil prices", "--k", "0"], "--k"),

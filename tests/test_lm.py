@@ -120,10 +120,11 @@ class StopAt(Callback):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("optimizer", ["adamw", "muon", "lion", "adamw+moe"])
+@pytest.mark.parametrize("optimizer", ["adamw", "muon", "lion", "adamw+moe", "adamw+mod"])
 def test_interrupted_lm_run_resumes_to_the_same_result(text_root, tmp_path, optimizer):
-    moe = ["model.moe_experts=4", "model.moe_top_k=2"] if optimizer.endswith("+moe") else []
-    overrides = [*SMOKE, "train.max_steps=40", f"optim.name={optimizer.removesuffix('+moe')}", *moe]
+    routed = {"moe": ["model.moe_experts=4", "model.moe_top_k=2"], "mod": ["model.mod_capacity=0.25", "model.mod_every=1"]}
+    name, _, extra = optimizer.partition("+")
+    overrides = [*SMOKE, "train.max_steps=40", f"optim.name={name}", *routed.get(extra, [])]
     full = experiment.train(load_experiment("lab2-gpt-char", overrides), text_root, run_path=tmp_path / "full")
     with pytest.raises(KeyboardInterrupt):
         experiment.train(load_experiment("lab2-gpt-char", overrides), text_root, callbacks=[StopAt(25)],
@@ -184,8 +185,8 @@ def test_head_sweep_writes_the_lm_table(text_root, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("routed", [[], ["model.moe_experts=4", "model.moe_top_k=2", "model.moe_aux=0"]],
-                         ids=["dense", "moe"])
+@pytest.mark.parametrize("routed", [[], ["model.moe_experts=4", "model.moe_top_k=2", "model.moe_aux=0"],
+                                    ["model.mod_capacity=0.25", "model.mod_every=1"]], ids=["dense", "moe", "mod"])
 def test_lm_under_torchrun_matches_one_process_test_scores_included(text_root, tmp_path, routed):
     """2 gloo processes share the rounds' batches and the last-position windows; every metric, the
     final test scores among them, is the 1-process run's (no dropout: the processes draw their own masks).

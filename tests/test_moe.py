@@ -149,3 +149,109 @@ def test_a_moe_run_logs_routing_and_plots_it(tmp_path):
     assert len(history) == 2 and all(sum(r[f"val_moe1_share{e}"] for e in range(4)) == pytest.approx(1) for r in history)
     assert summary["params_active"] < summary["params_total"] == summary["params"]
     assert (run.path / "plots" / "routing.png").is_file()
+
+
+# ------------------------------------------------------------------------------------------ Mixture-of-Depths
+
+
+def mod_cfg(**kw) -> GPTConfig:
+    return dataclasses.replace(BASE, **{"mod_capacity": 0.25, "mod_every": 1, **kw})
+
+
+def test_mod_at_capacity_one_is_exactly_the_dense_model():
+    torch.manual_seed(5)
+    dense = GPT(BASE).eval()
+    full = GPT(mod_cfg(mod_capacity=1.0)).eval()
+    full.load_state_dict(dense.state_dict())
+    idx = torch.randint(0, 37, (2, 16))
+    with torch.no_grad():
+        assert torch.equal(full(idx), dense(idx))
+    assert full.mod_layers == []
+
+
+def test_mod_top_k_routes_capacity_tokens_and_the_rest_pass_unchanged():
+    from dla.models.gpt import DepthRouted
+
+    torch.manual_seed(6)
+    model = GPT(mod_cfg(n_layer=1)).train()
+    layer = model.blocks[0]
+    assert isinstance(layer, DepthRouted)
+    x = torch.randn(2, 16, 32)
+    out = layer(x, model.cos[:16], model.sin[:16])
+    chosen = layer.topk_mask(layer.scores(x))
+    assert chosen.sum(1).tolist() == [4, 4]  # 0.25 x 16 per sequence
+    assert torch.equal(out[~chosen], x[~chosen]) and not torch.allclose(out[chosen], x[chosen])
+    # the chosen tokens see each other causally, at their original positions: the gathered block by hand
+    rows = chosen[0].nonzero()[:, 0]
+    ys = layer.block(x[:1, rows], model.cos[rows], model.sin[rows])
+    gate = torch.sigmoid(layer.scores(x)[0, rows])[:, None]
+    assert torch.allclose(out[0, rows], x[0, rows] + gate * (ys[0] - x[0, rows]), atol=1e-6)
+    out.sum().backward()
+    assert layer.router.weight.grad.abs().sum() > 0  # through sigmoid(r)
+
+
+def test_mod_is_causal_in_evaluation_and_its_cached_generation_equals_the_full_pass():
+    torch.manual_seed(7)
+    model = GPT(mod_cfg(n_layer=3, mod_every=1)).eval()
+    with torch.no_grad():
+        for m in model.blocks:  # routers that route some tokens and skip others
+            torch.nn.init.normal_(m.router.weight, std=0.5)
+    a = torch.randint(0, 37, (2, 16))
+    b = a.clone()
+    b[:, 9:] = torch.randint(0, 37, (2, 7))
+    with torch.no_grad():
+        la, lb = model(a), model(b)
+        routed = model.blocks[0].scores(model.embed(a)) > 0
+    assert 0 < routed.float().mean() < 1
+    assert torch.allclose(la[:, :9], lb[:, :9], atol=1e-5)
+    idx = a[:1, :12]
+    with torch.no_grad():
+        full = model(idx)
+        caches = [{} for _ in model.blocks]
+        prefill = model(idx[:, :5], caches)  # a prompt of 5, then one token at a time
+        steps = [model(idx[:, t:t + 1], caches, start=t)[:, -1] for t in range(5, 12)]
+    assert torch.allclose(prefill, full[:, :5], atol=1e-5)
+    assert torch.allclose(torch.stack(steps, 1), full[:, 5:], atol=1e-5)
+
+
+def test_mod_logs_routing_and_a_non_causal_loss_apart():
+    torch.manual_seed(8)
+    model = GPT(mod_cfg(n_layer=2, mod_every=2)).eval()
+    assert model.mod_layers == [1]
+    model.track_routing()
+    with torch.no_grad():
+        model(torch.randint(0, 37, (2, 16)))
+    m = model.routing_metrics()
+    assert 0 <= m["mod1_routed_share"] <= 1 and 0 <= m["mod1_topk_agreement"] <= 1 and m["mod1_router_bce"] > 0
+    model.train()
+    x, y = torch.randint(0, 37, (2, 16)), torch.randint(0, 37, (2, 16))
+    with torch.no_grad():  # training routes by top-k; the router's BCE has the top-k choice as its target
+        logits = model(x)
+        layer = model.blocks[1]
+        r = layer.scores(model.blocks[0](model.embed(x), model.cos[:16], model.sin[:16]))
+        expected = torch.nn.functional.binary_cross_entropy_with_logits(r, layer.topk_mask(r).float())
+    assert float(layer.aux) == pytest.approx(0.01 * float(expected), rel=1e-5)
+    assert float(model.aux_loss) == pytest.approx(float(layer.aux)) and logits.shape == (2, 16, 37)
+
+
+@pytest.mark.parametrize("override, key", [(["model.mod_capacity=0"], "model.mod_capacity"),
+                                           (["model.mod_capacity=1.5"], "model.mod_capacity"),
+                                           (["model.mod_capacity=0.5", "model.mod_every=0"], "model.mod_every")])
+def test_bad_mod_settings_are_refused(override, key):
+    with pytest.raises(ConfigError, match=key):
+        load_experiment("lab2-gpt-char", override)
+
+
+@pytest.mark.slow
+def test_a_mod_run_reports_the_causal_loss_and_the_non_causal_one_apart(tmp_path):
+    need(SHARED / "inferno", "the shared Inferno text")
+    root = tmp_path / "data"
+    import_inferno(SHARED / "inferno", root)
+    cfg = load_experiment("lab2-gpt-char", ["budget=smoke", "track.tracker=none", "data.download=false",
+                                            "model.mod_capacity=0.5", "model.n_layer=2", "train.max_steps=20",
+                                            "train.eval_every=10"])
+    run = experiment.train(cfg, root, run_path=tmp_path / "run")
+    last = run.read_metrics()[-1]
+    assert {"val_loss", "val_loss_topk_noncausal", "val_mod1_routed_share", "val_mod1_topk_agreement"} <= set(last)
+    assert run.read_summary()["test_loss"] > 0 and (run.path / "sample.txt").read_text()
+

@@ -41,6 +41,12 @@ class GPTConfig:
     moe_every: int = 2  # blocks 2, 4, ... (with 1: every block)
     moe_aux: float = 0.01  # weight of the load-balancing loss E * sum_i f_i * P_i (training loss only)
     moe_z: float = 0.001  # weight of the router z-loss mean(logsumexp(logits)^2) (training loss only)
+    # Mixture-of-Depths: in every mod_every-th block a scalar router picks the top mod_capacity x T tokens of
+    # each sequence to go through the block (training); in evaluation and generation, a token goes through
+    # when sigmoid(router) > 0.5, a causal decision the router learns with a BCE loss on the top-k choice
+    mod_capacity: float | None = None  # None: off; 1.0: every token, the block as a dense one
+    mod_every: int = 2
+    mod_aux: float = 0.01  # weight of the router's BCE loss (training loss only)
 
     def validate(self) -> None:
         if self.moe_experts < 0:
@@ -50,6 +56,13 @@ class GPTConfig:
         if self.moe_experts and not 1 <= self.moe_top_k <= self.moe_experts:
             raise ConfigError(f"model.moe_top_k={self.moe_top_k}: must be between 1 and model.moe_experts="
                               f"{self.moe_experts}")
+        if self.mod_capacity is not None and not 0 < self.mod_capacity <= 1:
+            raise ConfigError(f"model.mod_capacity: the share of tokens a routed block takes, in (0, 1], got "
+                              f"{self.mod_capacity}")
+        if self.mod_every < 1:
+            raise ConfigError(f"model.mod_every: must be >= 1 (1: every block), got {self.mod_every}")
+        if self.mod_aux < 0:
+            raise ConfigError(f"model.mod_aux: a loss weight >= 0, got {self.mod_aux}")
         if self.moe_aux < 0 or self.moe_z < 0:
             raise ConfigError(f"model.moe_aux and model.moe_z: loss weights >= 0, got {self.moe_aux}, {self.moe_z}")
         if self.moe_experts and self.hidden // self.moe_top_k < 1:
@@ -111,9 +124,11 @@ class Attention(nn.Module):
         self.wqkv = nn.Linear(cfg.n_embd, (cfg.n_head + 2 * self.n_kv) * self.head_dim, bias=False)
         self.wo = nn.Linear(cfg.n_head * self.head_dim, cfg.n_embd, bias=False)
 
-    def forward(self, x, cos, sin, cache: dict | None = None, last_only: bool = False) -> torch.Tensor:
-        """x (B, T, C) with rope tables (T, 1, D) (`rope_tables2`); `last_only`: the output at the last
-        position alone (B, 1, C), with keys and values from every position."""
+    def forward(self, x, cos, sin, cache: dict | None = None, last_only: bool = False,
+                mask: torch.Tensor | None = None) -> torch.Tensor:
+        """x (B, T, C) with rope tables (T, 1, D) (`rope_tables2`), or (B, T, 1, D) for positions of their own
+        per sequence; `last_only`: the output at the last position alone (B, 1, C), with keys and values from
+        every position; `mask` (B, 1, T, T), True where a query may attend a key, replaces the causal mask."""
         b, t, _ = x.shape
         d, nq, nkv = self.head_dim, self.n_head, self.n_kv
         qkv = self.wqkv(x).view(b, t, nq + 2 * nkv, d)
@@ -140,7 +155,10 @@ class Attention(nn.Module):
                 q, k, v = q.float(), k.float(), v.float()
             # No dropout on the attention probabilities (LLaMA has none; on the CPU it would also
             # force SDPA off its fused kernel, 2.5x slower): `dropout` acts on the residual branches.
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=causal, enable_gqa=nkv != nq)
+            if mask is not None:
+                y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=nkv != nq)
+            else:
+                y = F.scaled_dot_product_attention(q, k, v, is_causal=causal, enable_gqa=nkv != nq)
         return self.wo(y.to(dtype).transpose(1, 2).reshape(b, tq, -1))
 
 
@@ -219,12 +237,89 @@ class Block(nn.Module):
         self.norm2, self.mlp = RMSNorm(cfg.n_embd), MoE(cfg) if moe else SwiGLU(cfg)
         self.drop = nn.Dropout(cfg.dropout)
 
-    def forward(self, x, cos, sin, cache=None, last_only: bool = False):
+    def forward(self, x, cos, sin, cache=None, last_only: bool = False, mask=None):
         """`last_only`: the block's output at the last position alone (the last block of a last-position
         score, where the other positions' outputs would be thrown away)."""
-        h = self.attn(self.norm1(x), cos, sin, cache, last_only)
+        h = self.attn(self.norm1(x), cos, sin, cache, last_only, mask)
         x = (x[:, -1:] if last_only else x) + self.drop(h)
         return x + self.drop(self.mlp(self.norm2(x)))
+
+
+class DepthRouted(nn.Module):
+    """Mixture-of-Depths around a block: a scalar router score r per token decides which tokens go through it;
+    the others pass unchanged. A routed token's update is scaled by sigmoid(r), so the router gets a gradient.
+
+    Training (`mode="topk"`): the top `capacity` x T tokens of each sequence by r go through, gathered in their
+    original order with their original rotary positions, attending causally to each other. That choice looks
+    at future tokens, so evaluation and generation (`mode="causal"`) route a token when sigmoid(r) > 0.5; the
+    router learns that decision from a BCE loss whose target is the top-k choice (`aux`). With a KV cache the
+    block keeps keys and values of routed tokens only. `stats`: routed share, agreement with top-k, BCE.
+    """
+
+    def __init__(self, cfg: GPTConfig, block: Block):
+        super().__init__()
+        self.block, self.capacity, self.aux_weight = block, cfg.mod_capacity, cfg.mod_aux
+        self.router = nn.Linear(cfg.n_embd, 1, bias=False)
+        self.mode = "topk"  # the GPT sets it: "topk" in training, "causal" otherwise
+        self.aux: torch.Tensor | None = None
+        self.stats: torch.Tensor | None = None
+
+    def scores(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(x.device.type, enabled=False):
+            return F.linear(x.float(), self.router.weight.float()).squeeze(-1)  # (B, T), fp32
+
+    def topk_mask(self, r: torch.Tensor) -> torch.Tensor:
+        k = max(1, int(self.capacity * r.shape[1]))
+        return torch.zeros_like(r, dtype=torch.bool).scatter_(1, r.topk(k, dim=1).indices, True)
+
+    def forward(self, x, cos, sin, cache=None, last_only: bool = False):
+        r = self.scores(x)
+        if cache is not None and "k" in cache or cache is not None and x.shape[1] == 1:  # generation, one token
+            return self._step(x, r, cos, sin, cache)
+        chosen = self.topk_mask(r)
+        bce = F.binary_cross_entropy_with_logits(r, chosen.float())
+        if self.mode == "topk":
+            out = self._topk(x, r, chosen, cos, sin)
+            routed = chosen
+        else:
+            routed = r > 0  # sigmoid(r) > 0.5
+            out = self._masked(x, r, routed, cos, sin, cache)
+        self.aux = self.aux_weight * bce
+        self.stats = torch.stack([routed.float().mean(), (routed == chosen).float().mean(), bce]).detach()
+        return out[:, -1:] if last_only else out
+
+    def _topk(self, x, r, chosen, cos, sin):
+        b, t, c = x.shape
+        rows = chosen.nonzero()[:, 1].view(b, -1)  # each sequence's chosen positions, in order
+        xs = x.gather(1, rows[..., None].expand(-1, -1, c))
+        ys = self.block(xs, cos.squeeze(1)[rows][:, :, None], sin.squeeze(1)[rows][:, :, None])
+        gate = torch.sigmoid(r.gather(1, rows))[..., None].to(xs.dtype)
+        return x.scatter_add(1, rows[..., None].expand(-1, -1, c), (gate * (ys - xs)).to(x.dtype))
+
+    def _masked(self, x, r, routed, cos, sin, cache):
+        """Every position computed, routed keys only (and each query its own, so no row is empty); the
+        updates of unrouted tokens are dropped."""
+        t = x.shape[1]
+        causal = torch.ones(t, t, dtype=torch.bool, device=x.device).tril()
+        mask = (causal & routed[:, None, :]) | torch.eye(t, dtype=torch.bool, device=x.device)
+        inner = {} if cache is not None else None
+        y = self.block(x, cos, sin, inner, mask=mask[:, None])
+        if cache is not None:  # the prompt of a generation: keep the routed tokens' keys and values
+            if x.shape[0] != 1:
+                raise ValueError("a Mixture-of-Depths KV cache holds one sequence")
+            keep = routed[0]
+            cache["k"], cache["v"] = inner["k"][:, :, keep], inner["v"][:, :, keep]
+        gate = torch.where(routed, torch.sigmoid(r), torch.zeros_like(r))[..., None]
+        return x + (gate * (y - x)).to(x.dtype)
+
+    def _step(self, x, r, cos, sin, cache):
+        """One new token (B = 1): through the block, attending to the cached routed tokens, if routed."""
+        if float(r) <= 0:
+            return x
+        if "k" not in cache or cache["k"].shape[2] == 0:
+            cache.pop("k", None), cache.pop("v", None)
+        y = self.block(x, cos, sin, cache)
+        return x + (torch.sigmoid(r)[..., None] * (y - x)).to(x.dtype)
 
 
 class GPT(nn.Module):
@@ -232,8 +327,10 @@ class GPT(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.embed = nn.Embedding(cfg.vocab_size, cfg.n_embd)
-        self.blocks = nn.ModuleList(Block(cfg, moe=is_moe_block(cfg, i)) for i in range(cfg.n_layer))
+        blocks = [Block(cfg, moe=is_moe_block(cfg, i)) for i in range(cfg.n_layer)]
+        self.blocks = nn.ModuleList(DepthRouted(cfg, b) if is_mod_block(cfg, i) else b for i, b in enumerate(blocks))
         self.moe_layers = [i for i in range(cfg.n_layer) if is_moe_block(cfg, i)]
+        self.mod_layers = [i for i in range(cfg.n_layer) if is_mod_block(cfg, i)]
         self.aux_loss: torch.Tensor | None = None  # the routed layers' auxiliary losses of the last forward pass
         self.routing: dict | None = None  # summed routing statistics, from `track_routing` to `routing_metrics`
         self.norm = RMSNorm(cfg.n_embd)
@@ -266,21 +363,36 @@ class GPT(nn.Module):
         last = len(self.blocks) - 1
         for i, block in enumerate(self.blocks):
             x = block(x, cos, sin, caches[i] if caches is not None else None, last_only and i == last)
-        if self.moe_layers:
-            self.aux_loss = sum(self.blocks[i].mlp.aux for i in self.moe_layers)
+        routed = [self.moe(i) for i in self.moe_layers] + [self.blocks[i] for i in self.mod_layers]
+        if routed and caches is None:
+            self.aux_loss = sum(m.aux for m in routed)
             if self.routing is not None:
-                for i in self.moe_layers:
-                    stats = self.blocks[i].mlp.stats
-                    self.routing[i] = self.routing[i] + stats if i in self.routing else stats.clone()
+                for key, m in zip([*self.moe_layers, *(f"mod{i}" for i in self.mod_layers)], routed):
+                    self.routing[key] = self.routing[key] + m.stats if key in self.routing else m.stats.clone()
                 self.routing["passes"] = self.routing.get("passes", 0) + 1
         return self.head(self.norm(x))
+
+    def moe(self, i: int) -> MoE:
+        block = self.blocks[i]
+        return (block.block if isinstance(block, DepthRouted) else block).mlp
+
+    def train(self, mode: bool = True) -> GPT:
+        """Mixture-of-Depths blocks route by top-k in training and by the causal decision otherwise."""
+        super().train(mode)
+        self.depth_routing("topk" if mode else "causal")
+        return self
+
+    def depth_routing(self, mode: str) -> None:
+        """Set how the Mixture-of-Depths blocks route: "topk" (training's, non-causal) or "causal"."""
+        for i in self.mod_layers:
+            self.blocks[i].mode = mode
 
     def parameter_counts(self) -> dict[str, int]:
         """Total parameters, and those a token uses (its k experts of each MoE layer, not all of them)."""
         total = sum(p.numel() for p in self.parameters())
         idle = 0
         for i in self.moe_layers:
-            moe = self.blocks[i].mlp
+            moe = self.moe(i)
             idle += (moe.n_experts - moe.top_k) * (moe.w13[0].numel() + moe.w2[0].numel())
         return {"total": total, "active": total - idle}
 
@@ -290,12 +402,18 @@ class GPT(nn.Module):
 
     def routing_metrics(self) -> dict[str, float]:
         """Per MoE layer, from the passes tracked last: each expert's share of the token assignments, max/mean
-        load, dead experts (under a quarter of a uniform share), routing entropy and the two auxiliary losses."""
+        load, dead experts (under a quarter of a uniform share), routing entropy and the two auxiliary losses;
+        per Mixture-of-Depths layer: the share of tokens routed, the agreement of that decision with top-k,
+        and the router's BCE."""
         out: dict[str, float] = {}
         acc, self.routing = self.routing or {}, None
         passes = acc.pop("passes", 0)
         for i, stats in acc.items():
-            moe = self.blocks[i].mlp
+            if isinstance(i, str):  # a Mixture-of-Depths block: routed share, agreement with top-k, router BCE
+                share, agree, bce = (stats / passes).tolist()
+                out.update({f"{i}_routed_share": share, f"{i}_topk_agreement": agree, f"{i}_router_bce": bce})
+                continue
+            moe = self.moe(i)
             counts = stats[: moe.n_experts]
             share = counts / counts.sum()
             name = f"moe{i}"
@@ -311,8 +429,8 @@ class GPT(nn.Module):
         blocks are identical up to their weights (PyTorch's regional-compilation recipe). Compiling traces
         and builds one block's forward and backward instead of the whole stack's. Calls with a KV cache or
         `last_only` (generation, scoring) run eagerly: `torch.compiler.set_stance("force_eager")`."""
-        for block in self.blocks:
-            if not isinstance(block.mlp, MoE):  # routing's data-dependent shapes: MoE blocks stay eager
+        for block in self.blocks:  # routing's data-dependent shapes: MoE and MoD blocks stay eager
+            if isinstance(block, Block) and not isinstance(block.mlp, MoE):
                 block.compile(dynamic=False)
 
     def _eager(self, *args, **kwargs) -> torch.Tensor:
@@ -357,6 +475,11 @@ class GPT(nn.Module):
 def is_moe_block(cfg: GPTConfig, i: int) -> bool:
     """Whether block i (0-based) has the Mixture-of-Experts MLP: every moe_every-th block, counting from 1."""
     return bool(cfg.moe_experts) and (i + 1) % cfg.moe_every == 0
+
+
+def is_mod_block(cfg: GPTConfig, i: int) -> bool:
+    """Whether block i (0-based) is depth-routed: every mod_every-th block, counting from 1, below capacity 1."""
+    return cfg.mod_capacity is not None and cfg.mod_capacity < 1 and (i + 1) % cfg.mod_every == 0
 
 
 @register_model("gpt", GPTConfig)

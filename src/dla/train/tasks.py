@@ -198,8 +198,10 @@ class LMTask(Task):
         return self.evaluate(model, "train", accelerator, cfg)
 
     def shown(self, metrics):
-        """Loss and bits per char, and of the routing statistics only each MoE layer's max/mean load."""
-        return {k: v for k, v in metrics.items() if not k.startswith("moe") or k.endswith("_max_load")}
+        """Loss and bits per char, and of the routing statistics only each MoE layer's max/mean load and each
+        MoD layer's routed share."""
+        return {k: v for k, v in metrics.items()
+                if not k.startswith(("moe", "mod")) or k.endswith(("_max_load", "_routed_share"))}
 
     def summary(self, history):
         counts = getattr(self, "param_counts", None)
@@ -227,15 +229,24 @@ class LMTask(Task):
         offsets = torch.arange(self.block + 1)
         sums = torch.zeros(2, dtype=torch.float64, device=accelerator.device)
         inner = getattr(model, "module", model)
-        routed = split == "val" and bool(getattr(inner, "moe_layers", None))
+        routed = split == "val" and bool(getattr(inner, "moe_layers", None) or getattr(inner, "mod_layers", None))
         if routed:
             inner.track_routing()
         for i in range(0, len(starts), cfg.batch_size):
             w = ids[starts[i : i + cfg.batch_size, None] + offsets].to(accelerator.device)
             sums += self._loss_sum(model, w[:, :-1], w[:, 1:], cfg.precision)
         result = self._metrics(sums, accelerator, split)
-        if routed:  # each expert's share, load, dead experts, entropy and the auxiliary losses (of this process's windows)
+        if routed:  # the routing statistics of this process's windows (MoE: shares, load, ...; MoD: routed share, ...)
             result.update(inner.routing_metrics())
+        if split == "val" and getattr(inner, "mod_layers", None):
+            # Mixture-of-Depths: the loss with training's top-k routing, which looks at future tokens (non-causal)
+            inner.depth_routing("topk")
+            sums.zero_()
+            for i in range(0, len(starts), cfg.batch_size):
+                w = ids[starts[i : i + cfg.batch_size, None] + offsets].to(accelerator.device)
+                sums += self._loss_sum(model, w[:, :-1], w[:, 1:], cfg.precision)
+            inner.depth_routing("causal")
+            result["loss_topk_noncausal"] = self._metrics(sums, accelerator, split)["loss"]
         return result
 
     @torch.inference_mode()
