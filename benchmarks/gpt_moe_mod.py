@@ -1,6 +1,10 @@
 """Dense vs Mixture-of-Experts vs Mixture-of-Depths in the Lab 2.1 GPT, on the Inferno (character level).
 
-    python benchmarks/gpt_moe_mod.py [--seeds 3] [--steps 1400] [--out DIR]
+    python benchmarks/gpt_moe_mod.py [--seeds 3] [--steps 1400] [--corpus inferno|agnews] [--out DIR]
+
+`--corpus agnews`: the same comparison on a corpus about 10x the Inferno, the AG News articles
+(`../shared/data/ag_news/test.csv`, or --agnews FILE), written as text (each article's title and
+description, one per line) and trained on through `data.path`, split 80/10/10 as the Inferno is.
 
 Arms, each `dla train lab2-gpt-char` as it runs by default on this machine (same data, same order of
 batches for a given seed, same schedule and steps):
@@ -21,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -37,7 +42,8 @@ ARMS = {
 BUDGETS = (90, 300)
 
 
-def run_arm(overrides: list[str], seed: int, runs: Path, name: str, steps: int, data_root: str | None) -> dict:
+def run_arm(overrides: list[str], seed: int, runs: Path, name: str, steps: int, data_root: str | None,
+            keep: Path) -> dict:
     cmd = [sys.executable, "-m", "dla", *(["--data-root", data_root] if data_root else []), "train", "lab2-gpt-char",
            f"seed={seed}", f"train.max_steps={steps}", "track.tracker=none", f"runs_dir={runs}", f"run_name={name}",
            *overrides]
@@ -47,6 +53,10 @@ def run_arm(overrides: list[str], seed: int, runs: Path, name: str, steps: int, 
     if proc.returncode:
         raise SystemExit(f"{' '.join(cmd)} failed:\n{proc.stderr[-2000:]}")
     run = runs / "lab2-gpt-char" / name
+    keep.mkdir(parents=True, exist_ok=True)  # what RESULTS quotes: the sample, the routing plot, the records
+    for part in ("sample.txt", "summary.json", "metrics.jsonl", "plots/routing.png", "plots/curves.png"):
+        if (run / part).is_file():
+            shutil.copy(run / part, keep / part.replace("/", "-"))
     summary = json.loads((run / "summary.json").read_text())
     history = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     steps_time = sum(r["steps_time_s"] for r in history)
@@ -81,6 +91,8 @@ def main() -> int:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--steps", type=int, default=1400, help="optimiser steps of every run (lab2-gpt-char's)")
     parser.add_argument("--data-root", help="where the Inferno was imported (default: dla's)")
+    parser.add_argument("--corpus", choices=["inferno", "agnews"], default="inferno")
+    parser.add_argument("--agnews", default=str(REPO.parent / "shared" / "data" / "ag_news" / "test.csv"))
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "gpt_moe_mod"))
     args = parser.parse_args()
     if args.seeds < 1 or args.steps < 1:
@@ -89,15 +101,32 @@ def main() -> int:
     out.mkdir(parents=True, exist_ok=True)
     results: dict[str, list[dict]] = {arm: [] for arm in ARMS}
     with tempfile.TemporaryDirectory() as tmp:
+        corpus = []
+        if args.corpus == "agnews":
+            sys.path.insert(0, str(REPO / "src"))
+            from dla.data.textpairs import read_articles
+
+            articles = read_articles(Path(args.agnews))
+            text = Path(tmp) / "agnews.txt"
+            text.write_text("".join(f"{t}. {d}\n" for t, d in zip(articles.titles, articles.descriptions)))
+            corpus = [f"data.path={text}", "data.download=false"]
+            print(f"AG News as text: {len(articles)} articles, {len(text.read_text()):,} characters", flush=True)
         for seed in range(args.seeds):  # seeds outermost: a stopped benchmark still has every arm at seed 0
             for arm, overrides in ARMS.items():
                 name = f"{arm.split()[0].lower()}-seed{seed}"
-                print(f"{arm}, seed {seed}: dla train lab2-gpt-char {' '.join(overrides)}", flush=True)
-                r = run_arm(overrides, seed, Path(tmp), name, args.steps, args.data_root)
+                print(f"{arm}, seed {seed}: dla train lab2-gpt-char {' '.join([*corpus, *overrides])}", flush=True)
+                r = run_arm([*corpus, *overrides], seed, Path(tmp), name, args.steps, args.data_root, out / "runs" / name)
                 results[arm].append(r)
                 print(f"    best val {r['best_val_loss']:.4f}, test {r['test_loss']:.4f}, {r['tokens_per_s']:,.0f} "
                       f"tokens/s, {r['wall_s']:.0f} s", flush=True)
-    lines = [f"# Dense vs MoE vs MoD, lab2-gpt-char, {args.steps} steps, {args.seeds} seed(s), {time.strftime('%Y-%m-%d')}",
+            report(results, args, out, seed + 1)  # after every seed: a stopped benchmark keeps what it measured
+    return 0
+
+
+def report(results: dict[str, list[dict]], args: argparse.Namespace, out: Path, seeds: int) -> None:
+    """results.md, results.json and the plot of the seeds run so far."""
+    lines = [f"# Dense vs MoE vs MoD, lab2-gpt-char on {args.corpus}, {args.steps} steps, {seeds} seed(s), "
+             f"{time.strftime('%Y-%m-%d')}",
              "", "| arm | params (active) | best val loss | test loss | train/val gap | tokens/s | "
              + " | ".join(f"best val within {b} s" for b in BUDGETS) + " |",
              "|---|---:|---:|---:|---:|---:|" + "---:|" * len(BUDGETS)]
@@ -117,9 +146,8 @@ def main() -> int:
     (out / "results.json").write_text(json.dumps(results, indent=1))
     (out / "results.md").write_text("\n".join(lines) + "\n")
     plot(results, out / "val_loss_vs_time.png")
-    print("\n".join(lines))
+    print("\n".join(lines), flush=True)
     print(f"wrote {out / 'results.md'}, {out / 'results.json'}, {out / 'val_loss_vs_time.png'}")
-    return 0
 
 
 def plot(results: dict[str, list[dict]], path: Path) -> None:
