@@ -10,6 +10,7 @@ import torch
 from conftest import SHARED, need
 
 from dla import experiment
+from dla.cli import main
 from dla.config import load_experiment
 from dla.data.text import import_inferno
 from dla.errors import ConfigError
@@ -149,6 +150,7 @@ def test_a_moe_run_logs_routing_and_plots_it(tmp_path):
     assert len(history) == 2 and all(sum(r[f"val_moe1_share{e}"] for e in range(4)) == pytest.approx(1) for r in history)
     assert summary["params_active"] < summary["params_total"] == summary["params"]
     assert (run.path / "plots" / "routing.png").is_file()
+    assert main(["generate", str(run.path), "--max-new-tokens", "30", "--seed", "1"]) == 0  # dla generate on the run
 
 
 # ------------------------------------------------------------------------------------------ Mixture-of-Depths
@@ -243,7 +245,7 @@ def test_bad_mod_settings_are_refused(override, key):
 
 
 @pytest.mark.slow
-def test_a_mod_run_reports_the_causal_loss_and_the_non_causal_one_apart(tmp_path):
+def test_a_mod_run_reports_the_causal_loss_and_the_non_causal_one_apart(tmp_path, capsys):
     need(SHARED / "inferno", "the shared Inferno text")
     root = tmp_path / "data"
     import_inferno(SHARED / "inferno", root)
@@ -254,4 +256,7 @@ def test_a_mod_run_reports_the_causal_loss_and_the_non_causal_one_apart(tmp_path
     last = run.read_metrics()[-1]
     assert {"val_loss", "val_loss_topk_noncausal", "val_mod1_routed_share", "val_mod1_topk_agreement"} <= set(last)
     assert run.read_summary()["test_loss"] > 0 and (run.path / "sample.txt").read_text()
+    capsys.readouterr()
+    assert main(["generate", str(run.path), "--max-new-tokens", "30", "--seed", "1"]) == 0  # cached, causal routing
+    assert len(capsys.readouterr().out) > 30
 

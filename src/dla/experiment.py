@@ -115,10 +115,12 @@ def train(
         tracker = make_tracker(cfg.track.tracker, str(run.path), label, cfg.track.project, to_dict(cfg), state.epoch)
     callbacks = [*callbacks, *kind_callbacks]
     params = count_parameters(raw_model)
+    counts = raw_model.parameter_counts() if hasattr(raw_model, "parameter_counts") else {"active": params}
+    active = f" ({counts['active']:,} active per token)" if counts["active"] != params else ""  # MoE: k of E experts
     if main:
         print(
             f"run {run.path}  |  {describe_data(cfg, data)}"
-            f"  |  {cfg.model.name} {params:,} params  |  {accelerator.device} x{accelerator.num_processes}"
+            f"  |  {cfg.model.name} {params:,} params{active}  |  {accelerator.device} x{accelerator.num_processes}"
             f" {cfg.train.precision}"
         )
     status = "running"
