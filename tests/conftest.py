@@ -93,3 +93,24 @@ def tiny_bert(tmp_path_factory):
     BertModel(config).save_pretrained(folder)
     AutoTokenizer.from_pretrained(minilm_path()).save_pretrained(folder)
     return folder
+
+
+HF_OFFLINE = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+
+
+@pytest.fixture
+def hf_offline(monkeypatch):
+    """The Hugging Face libraries offline, as on a machine without network."""
+    for key, value in HF_OFFLINE.items():
+        monkeypatch.setenv(key, value)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models on one thread: as fast alone, and far faster when another job shares the cores."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

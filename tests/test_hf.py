@@ -13,6 +13,7 @@ import time
 
 import numpy as np
 import pytest
+from conftest import HF_OFFLINE as OFFLINE
 from conftest import REPO, SHARED, need, torchrun
 
 pytest.importorskip("transformers")
@@ -34,25 +35,10 @@ from dla.rundir import RunDir
 
 GPT2_TOKENIZER = SHARED / "gpt2-tokenizer"
 AG_NEWS = SHARED / "ag_news" / "test.csv"
-OFFLINE = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
 CLASSES = ("World", "Sports", "Business", "Sci/Tech")
 
 
-@pytest.fixture(autouse=True)
-def _offline(monkeypatch):
-    for key, value in OFFLINE.items():
-        monkeypatch.setenv(key, value)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny models on one thread: as fast alone, and far faster when another job shares the cores."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("hf_offline", "one_thread")  # conftest: no Hub, tiny models on one thread
 
 
 SUBPROCESS_ENV = {**OFFLINE, "PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1"}  # tiny models: one thread each

@@ -14,6 +14,7 @@ import time
 import numpy as np
 import pytest
 import torch
+from conftest import HF_OFFLINE as OFFLINE
 from conftest import REPO, SHARED, need, torchrun
 
 from dla import experiment
@@ -38,22 +39,10 @@ from dla.train.textpairs import (
 )
 
 AG_NEWS = SHARED / "ag_news" / "test.csv"
-OFFLINE = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
 SUBPROCESS_ENV = {**OFFLINE, "PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1"}
 
 
-@pytest.fixture(autouse=True)
-def _offline(monkeypatch):
-    for key, value in OFFLINE.items():
-        monkeypatch.setenv(key, value)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("hf_offline", "one_thread")  # conftest: no Hub, tiny models on one thread
 
 
 # ------------------------------------------------------------------------------------------ metrics

@@ -319,7 +319,40 @@ class LMTask(Task):
         return {"loss": loss, "bpc": bits_per_char(loss, getattr(self.data, split))}
 
 
-class TextClassifierTask(Task):
+class EpochTask(Task):
+    """A task whose round is an epoch over `train_size()` training rows in full batches (text classifier,
+    retrieval, multiple choice): the step counts, and each epoch's shuffled, length-grouped rows."""
+
+    group = True  # batches of similar lengths
+
+    def train_size(self) -> int:
+        raise NotImplementedError
+
+    def steps_per_epoch(self, cfg: TrainConfig) -> int:
+        return self.train_size() // cfg.batch_size
+
+    def total_steps(self, cfg: TrainConfig) -> int:
+        total = self.steps_per_epoch(cfg) * cfg.epochs
+        return min(total, cfg.max_steps) if cfg.max_steps else total
+
+    def rounds(self, cfg: TrainConfig) -> int:
+        return math.ceil(self.total_steps(cfg) / self.steps_per_epoch(cfg))
+
+    def round_steps(self, cfg: TrainConfig, done_steps: int) -> int:
+        return min(self.steps_per_epoch(cfg), self.total_steps(cfg) - done_steps)
+
+    def epoch_rows(self, lengths, cfg: TrainConfig, generator, accelerator: Accelerator, steps: int) -> Iterator[Any]:
+        """This process's rows of each of the first `steps` full batches of an epoch (shuffled; grouped by
+        `lengths` when `self.group`); the last partial batch is dropped, so that every process gets an equal slice."""
+        from dla.data.tokens import train_batches as token_batches
+
+        rank, world = accelerator.process_index, accelerator.num_processes
+        full = [b for b in token_batches(lengths, cfg.batch_size, generator, self.group) if len(b) == cfg.batch_size]
+        for rows in full[:steps]:
+            yield rows[rank::world]
+
+
+class TextClassifierTask(EpochTask):
     """Fine-tuning a pretrained encoder for topic classification (Lab 2.3).
 
     Epochs of shuffled, length-grouped token batches padded per batch (dynamic padding); the last
@@ -338,27 +371,12 @@ class TextClassifierTask(Task):
         self.labels = {s: torch.from_numpy(getattr(inputs.data, s).labels) for s in self.SPLITS}
         self.confusion: dict[str, torch.Tensor] = {}
 
-    def steps_per_epoch(self, cfg: TrainConfig) -> int:
-        return len(self.labels["train"]) // cfg.batch_size
-
-    def total_steps(self, cfg: TrainConfig) -> int:
-        total = self.steps_per_epoch(cfg) * cfg.epochs
-        return min(total, cfg.max_steps) if cfg.max_steps else total
-
-    def rounds(self, cfg: TrainConfig) -> int:
-        return math.ceil(self.total_steps(cfg) / self.steps_per_epoch(cfg))
-
-    def round_steps(self, cfg: TrainConfig, done_steps: int) -> int:
-        return min(self.steps_per_epoch(cfg), self.total_steps(cfg) - done_steps)
+    def train_size(self) -> int:
+        return len(self.labels["train"])
 
     def batches(self, cfg, generator, accelerator, steps):
-        from dla.data.tokens import train_batches as token_batches
-
-        enc, labels = self.encoded["train"], self.labels["train"]
-        device, rank, world = accelerator.device, accelerator.process_index, accelerator.num_processes
-        full = [b for b in token_batches(enc.lengths, cfg.batch_size, generator, self.group) if len(b) == cfg.batch_size]
-        for rows in full[:steps]:
-            rows = rows[rank::world]
+        enc, labels, device = self.encoded["train"], self.labels["train"], accelerator.device
+        for rows in self.epoch_rows(enc.lengths, cfg, generator, accelerator, steps):
             yield enc.batch(rows, device), labels[rows].to(device)
 
     def step(self, model, batch, cfg, unwrapped, generator):

@@ -25,11 +25,10 @@ import torch.nn.functional as F
 from accelerate import Accelerator
 from torch import nn
 
-from dla.config import TrainConfig
 from dla.data.textpairs import ChoiceData, RetrievalData
 from dla.data.tokens import Encoded, encode, length_sorted
 from dla.device import autocast
-from dla.train.tasks import Task
+from dla.train.tasks import EpochTask
 
 CUTOFF = 10  # nDCG@10, MRR@10, Recall@10: what BEIR's leaderboard reports
 
@@ -125,7 +124,7 @@ def embed_rows(model: nn.Module, enc: Encoded, rows: np.ndarray, batch_size: int
 # ------------------------------------------------------------------------------------------ retrieval
 
 
-class RetrievalTask(Task):
+class RetrievalTask(EpochTask):
     """Fine-tuning a bi-encoder on (query, its document) pairs with in-batch negatives."""
 
     metrics = ("ndcg10", "mrr10", "recall1", "recall10")
@@ -142,29 +141,14 @@ class RetrievalTask(Task):
         self.test_corpus: torch.Tensor | None = None  # the corpus vectors of the test pass (kept by the kind)
         self.test_metrics: dict[str, float] = {}
 
-    def steps_per_epoch(self, cfg: TrainConfig) -> int:
-        return len(self.positives) // cfg.batch_size
-
-    def total_steps(self, cfg: TrainConfig) -> int:
-        total = self.steps_per_epoch(cfg) * cfg.epochs
-        return min(total, cfg.max_steps) if cfg.max_steps else total
-
-    def rounds(self, cfg: TrainConfig) -> int:
-        return math.ceil(self.total_steps(cfg) / self.steps_per_epoch(cfg))
-
-    def round_steps(self, cfg: TrainConfig, done_steps: int) -> int:
-        return min(self.steps_per_epoch(cfg), self.total_steps(cfg) - done_steps)
+    def train_size(self) -> int:
+        return len(self.positives)
 
     def batches(self, cfg, generator, accelerator, steps) -> Iterator[Any]:
         """Shuffled batches of (query, document) pairs grouped by document length (`data.group_by_length`),
         so that padding to the longest document wastes little; the last partial batch is dropped."""
-        from dla.data.tokens import train_batches
-
-        device, rank, world = accelerator.device, accelerator.process_index, accelerator.num_processes
-        lengths = self.corpus.lengths[self.positives]
-        full = [b for b in train_batches(lengths, cfg.batch_size, generator, self.group) if len(b) == cfg.batch_size]
-        for rows in full[:steps]:
-            rows = rows[rank::world]
+        device = accelerator.device
+        for rows in self.epoch_rows(self.corpus.lengths[self.positives], cfg, generator, accelerator, steps):
             yield self.queries["train"].batch(rows, device), self.corpus.batch(self.positives[rows], device)
 
     def step(self, model, batch, cfg, unwrapped, generator):
@@ -218,7 +202,7 @@ class RetrievalTask(Task):
 # ------------------------------------------------------------------------------------------ multiple choice
 
 
-class ChoiceTask(Task):
+class ChoiceTask(EpochTask):
     """Choosing the right option for a context: scores of (context, option) pairs, one question per row."""
 
     metrics = ("loss", "acc")
@@ -251,12 +235,8 @@ class ChoiceTask(Task):
         return {"context": enc["context"].batch(rows, device), "options": enc["options"].batch(options, device),
                 "n_options": self.n}
 
-    def steps_per_epoch(self, cfg: TrainConfig) -> int:
-        return len(self.answers["train"]) // cfg.batch_size
-
-    total_steps = RetrievalTask.total_steps
-    rounds = RetrievalTask.rounds
-    round_steps = RetrievalTask.round_steps
+    def train_size(self) -> int:
+        return len(self.answers["train"])
 
     def attach(self, model: nn.Module) -> None:
         """Count the weights training changes: the ranker's head alone, the whole encoder when fine-tuned."""
@@ -270,13 +250,8 @@ class ChoiceTask(Task):
 
     def batches(self, cfg, generator, accelerator, steps):
         """Shuffled batches of questions, grouped by length (`data.group_by_length`); the last partial one dropped."""
-        from dla.data.tokens import train_batches
-
-        device, rank, world = accelerator.device, accelerator.process_index, accelerator.num_processes
-        full = [b for b in train_batches(self._lengths("train"), cfg.batch_size, generator, self.group)
-                if len(b) == cfg.batch_size]
-        for rows in full[:steps]:
-            rows = rows[rank::world]
+        device = accelerator.device
+        for rows in self.epoch_rows(self._lengths("train"), cfg, generator, accelerator, steps):
             yield self._batch("train", rows, device), self.answers["train"][rows].to(device)
 
     def _loss(self, scores: torch.Tensor, answers: torch.Tensor) -> torch.Tensor:
