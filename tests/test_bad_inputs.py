@@ -38,6 +38,7 @@ class Runs:
     image: Path  # a tiny MLP on MNIST (with gradients.jsonl)
     lm: Path  # a tiny character-level GPT on the Inferno
     cnn: Path  # a tiny GAP CNN on MNIST (dla cam, dla detect)
+    dense: Path  # a tiny dense digit detector (dla detect)
 
 
 @pytest.fixture(scope="session")
@@ -63,7 +64,9 @@ def runs(tmp_path_factory, data_root) -> Runs:
                                            "data.val_size=128", "data.test_subset=128", "data.download=false",
                                            "track.tracker=none"])
     cnn = experiment.train(cnn_cfg, root, run_path=base / "runs" / "cnn")
-    return Runs(base, root, image.path, lm.path, cnn.path)
+    dense_cfg = load_experiment("lab1-fcn-dense", ["budget=smoke", "data.download=false", "track.tracker=none"])
+    dense = experiment.train(dense_cfg, root, run_path=base / "runs" / "dense")
+    return Runs(base, root, image.path, lm.path, cnn.path, dense.path)
 
 
 def tree_hash(path: Path) -> str:
@@ -213,11 +216,11 @@ class Case:
     argv: list[str]  # {image}, {lm}: the runs (or the case's damaged copy); {tmp}: the case's folder; {root}: data root
     expect: str  # must appear in stderr: the option, value or file at fault
     damage: Callable[[Path], None] | None = None  # applied to the case's copy of the run (or its folder)
-    copy: str | None = None  # "image" or "lm": the run to copy into {tmp}/run before damaging it
+    copy: str | None = None  # "image", "lm" or "dense": the run to copy into {tmp}/run before damaging it
     requires: tuple[str, ...] = ()  # optional pieces the case needs: modules (importorskip) or shared data
 
 
-IMG, LM, CNN = "{image}", "{lm}", "{cnn}"
+IMG, LM, CNN, DENSE = "{image}", "{lm}", "{cnn}", "{dense}"
 TINY_TRAIN = ["data.download=false", "track.tracker=none", "runs_dir={tmp}/runs"]
 SWEEP = "sweep:\n  base: lab1-mlp\n"
 SWEEP_LR = SWEEP + "  grid: {optim.lr: [0.001, 0.002]}\n"
@@ -449,6 +452,37 @@ CASES = [
     Case("detect-sizes-tiny", ["detect", CNN, "--eval", "--sizes", "2"], "--sizes"),
     Case("detect-nms-iou-0", ["detect", CNN, "--eval", "--nms-iou", "0"], "--nms-iou"),
     Case("detect-on-language-model", ["detect", LM, "--eval"], "language-model"),
+    Case("detect-unknown-layout", ["detect", DENSE, "--eval", "--layouts", "base,tiny"], "--layouts"),
+    Case("detect-layout-twice", ["detect", DENSE, "--eval", "--layouts", "base,base"], "--layouts"),
+    Case("detect-canvases-0", ["detect", DENSE, "--eval", "--canvases", "0"], "--canvases"),
+    Case("detect-dense-with-sizes", ["detect", DENSE, "--eval", "--sizes", "20,30"], "--sizes"),
+    Case("detect-dense-with-stride", ["detect", DENSE, "--eval", "--stride", "2"], "--stride"),
+    Case("detect-dense-threshold-0", ["detect", DENSE, "--eval", "--threshold", "0"], "--threshold"),
+    Case("detect-dense-image-too-small", ["detect", DENSE, "{tmp}/tiny.png"], "tiny.png",
+         damage=lambda f: __import__("PIL.Image").Image.new("L", (20, 12)).save(f / "tiny.png")),
+    Case("detect-dense-no-detector-json", ["detect", "{tmp}/run", "--eval"], "detector.json", copy="dense",
+         damage=lambda f: (f / "run" / "detector.json").unlink()),
+    Case("detect-dense-detector-json-garbage", ["detect", "{tmp}/run", "--eval"], "detector.json", copy="dense",
+         damage=write("run/detector.json", '{"threshold": "high"')),
+    # --- lab1-fcn-dense: the dense detector's keys
+    Case("dense-digit-sizes-min-above-max", ["train", "lab1-fcn-dense", "data.digit_sizes=[40,20]", *TINY_TRAIN],
+         "data.digit_sizes"),
+    Case("dense-digit-sizes-one", ["train", "lab1-fcn-dense", "data.digit_sizes=[40]", *TINY_TRAIN], "data.digit_sizes"),
+    Case("dense-canvas-below-digits", ["train", "lab1-fcn-dense", "data.canvas=48", *TINY_TRAIN], "data.canvas"),
+    Case("dense-canvas-tiny", ["train", "lab1-fcn-dense", "data.canvas=16", *TINY_TRAIN], "data.canvas"),
+    Case("dense-digits-0", ["train", "lab1-fcn-dense", "data.digits=[0,3]", *TINY_TRAIN], "data.digits"),
+    Case("dense-gap-negative", ["train", "lab1-fcn-dense", "data.gap=-1", *TINY_TRAIN], "data.gap"),
+    Case("dense-packed-above-1", ["train", "lab1-fcn-dense", "data.packed=1.5", *TINY_TRAIN], "data.packed"),
+    Case("dense-canvases-0", ["train", "lab1-fcn-dense", "data.canvases=0", *TINY_TRAIN], "data.canvases"),
+    Case("dense-batch-above-canvases", ["train", "lab1-fcn-dense", "data.canvases=16", "train.batch_size=32",
+                                        *TINY_TRAIN], "train.batch_size"),
+    Case("dense-width-0", ["train", "lab1-fcn-dense", "model.width=0", *TINY_TRAIN], "model.width"),
+    Case("dense-monitor-acc", ["train", "lab1-fcn-dense", "train.monitor=val_acc", *TINY_TRAIN], "train.monitor"),
+    Case("dense-adversarial", ["train", "lab1-fcn-dense", "train.adversarial=fgsm", *TINY_TRAIN], "train.adversarial"),
+    Case("dense-on-cifar", ["train", "lab1-fcn-dense", "data.name=cifar10", *TINY_TRAIN], "data.name"),
+    Case("dense-with-a-cnn", ["train", "lab1-fcn-dense", "model.name=cnn", *TINY_TRAIN], "model.fpn"),
+    Case("image-kind-with-dense-model", ["train", "{tmp}/e.yaml", *TINY_TRAIN], "dense-fcn",
+         damage=write("e.yaml", "kind: image-classifier\ndata:\n  name: mnist\nmodel:\n  name: dense-fcn\n")),
     # --- a run of the wrong kind for the command
     Case("ood-on-language-model", ["ood", LM, "--n", "8"], "language-model"),
     Case("attack-on-language-model", ["attack", LM, "--n", "8"], "language-model"),
@@ -634,7 +668,8 @@ CASES = [
 def expand(args: list[str], runs: Runs, tmp: Path, run_copy: Path | None) -> list[str]:
     image = str(run_copy) if run_copy is not None else str(runs.image)
     lm = str(run_copy) if run_copy is not None else str(runs.lm)
-    return [a.replace("{image}", image).replace("{lm}", lm).replace("{cnn}", str(runs.cnn)).replace("{tmp}", str(tmp))
+    return [a.replace("{image}", image).replace("{lm}", lm).replace("{cnn}", str(runs.cnn))
+            .replace("{dense}", str(run_copy) if run_copy is not None else str(runs.dense)).replace("{tmp}", str(tmp))
             .replace("{root}", str(runs.root)) for a in args]
 
 
@@ -647,7 +682,7 @@ def prepare(case: Case, runs: Runs, tmp: Path) -> list[str]:
     run_copy = None
     if case.copy:
         run_copy = tmp / "run"
-        shutil.copytree(runs.image if case.copy == "image" else runs.lm, run_copy)
+        shutil.copytree({"image": runs.image, "lm": runs.lm, "dense": runs.dense}[case.copy], run_copy)
     if case.damage:
         case.damage(tmp)
     argv = expand(case.argv, runs, tmp, run_copy)

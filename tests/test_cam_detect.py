@@ -231,7 +231,7 @@ def test_detect_cli_writes_its_files(detector, data_root, tmp_path, capsys):
     canvas[40:76, 55:91] = torch.nn.functional.interpolate(test.x[1:2].float(), size=(36, 36)).to(torch.uint8)[0, 0]
     Image.fromarray(canvas.numpy()).save(tmp_path / "two digits.png")
     assert main(["--data-root", str(data_root), "detect", str(detector.path), str(tmp_path / "two digits.png"),
-                 "--eval", "--canvases", "6"]) == 0
+                 "--eval", "--canvases", "6", "--layouts", "base,crowded"]) == 0
     out = capsys.readouterr().out
     assert "two digits.png:" in out and "| precision | recall | F1 | mAP@0.5 |" in out
     folder = detector.path / "detect"
@@ -239,10 +239,13 @@ def test_detect_cli_writes_its_files(detector, data_root, tmp_path, capsys):
         assert (folder / name).stat().st_size > 1000, name
     assert "| precision | recall | F1 |" in (folder / "eval.md").read_text()
     metrics = json.loads((folder / "eval.json").read_text())
-    assert 0 <= metrics["f1"] <= 1 and metrics["digits"] >= 6 and metrics["canvases"] == 6
+    assert 0 <= metrics["f1"] <= 1 and metrics["digits"] >= 18 and metrics["canvases"] == 6
+    assert set(metrics["groups"]) == {"base", "crowded", "all"} and metrics["sizes"] == [20, 24, 28, 34, 40]
+    assert metrics["digits"] == metrics["groups"]["base"]["digits"] + metrics["groups"]["crowded"]["digits"]
     manifest = read_manifest(folder)
     assert manifest["title"] == "Digit detection" and manifest["metrics"] == "eval.json"
-    assert [f["file"] for f in manifest["figures"]] == ["two_digits.png", "two_digits-heat.png", "eval-examples.png"]
+    assert [f["file"] for f in manifest["figures"]] == ["two_digits.png", "two_digits-heat.png", "eval-examples.png",
+                                                        "reliability.png"]
 
 
 @pytest.fixture(scope="module")

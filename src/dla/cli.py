@@ -31,6 +31,7 @@ from dla.errors import DlaError
 DETECTORS = Registry("dla.analysis.ood", "DETECTORS")
 ATTACKS = Registry("dla.attacks", "ATTACKS")
 CAM_METHODS = Registry("dla.analysis.cam", "METHODS")
+LAYOUT_NAMES = Registry("dla.data.canvas", "LAYOUTS")
 
 
 def _data_root(args: argparse.Namespace) -> Path:
@@ -237,7 +238,7 @@ def cmd_detect(args: argparse.Namespace) -> int:
         print("\n".join(result["lines"]))
     if args.eval:
         result = run_detect_eval(run, args.threshold, args.stride, args.sizes, args.nms_iou, args.canvases,
-                                 _data_root(args))
+                                 _data_root(args), args.layouts)
         print(result["header"] + result["table"], end="")
     print(f"wrote {result['out']}")
     return 0
@@ -539,17 +540,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=seed_int, default=0, help="--pointing-game: canvas seed")
     p.set_defaults(func=cmd_cam)
 
-    p = sub.add_parser("detect", help="find digits in large images with a run made fully convolutional (Lab 1.2.2)")
-    p.add_argument("run", help="run directory of an MNIST classifier, best with a background class (dla train lab1-fcn)")
+    p = sub.add_parser("detect", help="find digits in large images: a dense detector, or a classifier made fully "
+                       "convolutional (Lab 1.2.2)")
+    p.add_argument("run", help="run directory of a dense detector (dla train lab1-fcn-dense) or of an MNIST classifier, "
+                   "best with a background class (dla train lab1-fcn)")
     p.add_argument("images", nargs="*", help="PNG or JPEG files, any size from 28x28 up")
-    p.add_argument("--threshold", type=finite_float(0.0, 1.0, low_open=True, high_open=True), default=0.005,
-                   help="lowest digit probability of a window to keep, in (0, 1) (default 0.005: the best F1 on "
-                   "validation canvases for lab1-fcn; see RESULTS.md)")
-    p.add_argument("--stride", type=positive_int, default=4, help="px between windows (default 4; at most the net's stride)")
-    p.add_argument("--sizes", type=size_list, default="20,24,28,34,40", help="digit sizes in px to look for (default 20,24,28,34,40)")
-    p.add_argument("--nms-iou", type=finite_float(0.0, 1.0, low_open=True), default=0.3, help="NMS overlap, in (0, 1] (default 0.3)")
-    p.add_argument("--eval", action="store_true", help="precision, recall, F1 and mAP@0.5 on 500 seeded canvases of MNIST test digits")
-    p.add_argument("--canvases", type=positive_int, default=500, help="--eval: canvases (default 500)")
+    p.add_argument("--threshold", type=finite_float(0.0, 1.0, low_open=True, high_open=True), default=None,
+                   help="lowest score of a detection to keep, in (0, 1) (default: a dense detector's own, chosen on "
+                   "validation canvases; 0.005 for a classifier made fully convolutional; see RESULTS.md)")
+    p.add_argument("--stride", type=positive_int, default=None,
+                   help="classifier FCN only: px between windows (default 4; at most the net's stride)")
+    p.add_argument("--sizes", type=size_list, default=None,
+                   help="classifier FCN only: digit sizes in px to look for (default 20,24,28,34,40)")
+    p.add_argument("--nms-iou", type=finite_float(0.0, 1.0, low_open=True), default=None,
+                   help="NMS overlap, in (0, 1] (default 0.5 for a dense detector, 0.3 for a classifier FCN)")
+    p.add_argument("--eval", action="store_true", help="precision, recall, F1 and mAP@0.5 on seeded canvases of MNIST "
+                   "test digits, for each layout group and all together")
+    p.add_argument("--canvases", type=positive_int, default=500, help="--eval: canvases per layout (default 500)")
+    p.add_argument("--layouts", type=name_list(LAYOUT_NAMES, "layout"), default=None, metavar="LIST",
+                   help="--eval: the layout groups, of base, small, large, crowded, wide (default: all; see RESULTS.md)")
     p.set_defaults(func=cmd_detect)
 
     p = sub.add_parser("data", help="list or import data sets (offline use)")

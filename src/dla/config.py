@@ -53,6 +53,43 @@ class DataConfig:
 
 
 @dataclass
+class DetectionDataConfig:
+    """Canvases of digits for a dense detector (Lab 1.2.2): made afresh every epoch from the training digits
+    (dla.data.canvas), validated on fixed canvases of the validation digits, tested on fixed layout groups."""
+
+    name: Literal["mnist", "fashion-mnist"] = "mnist"
+    val_size: int = 5000  # digits carved from the training set (fixed seed): the validation canvases' digits
+    train_subset: int | None = None  # keep only this many training digits
+    split_seed: int = 0
+    download: bool = True
+    canvas: int = 128  # side of a training canvas, px
+    digits: list[int] = field(default_factory=lambda: [1, 8])  # digits per training canvas, min and max
+    digit_sizes: list[int] = field(default_factory=lambda: [12, 64])  # a digit's side, px, min and max
+    gap: int = 1  # px of black at least between two digits' frames
+    packed: float = 0.5  # share of training canvases whose digits are packed side by side, `gap` px apart
+    canvases: int = 8000  # training canvases per epoch
+    val_canvases: int = 500  # per validation pass (the layout groups of the test, from validation digits)
+    test_canvases: int = 200  # per layout group of the test (dla detect --eval: 500)
+
+    def validate(self) -> None:
+        check_positive(self, "val_size", "train_subset", "canvases", "val_canvases", "test_canvases", prefix="data.")
+        check_seed(self.split_seed, "data.split_seed")
+        if len(self.digits) != 2 or not 1 <= self.digits[0] <= self.digits[1] <= 64:
+            raise ConfigError(f"data.digits: min,max digits per canvas with 1 <= min <= max <= 64, got {self.digits}")
+        if len(self.digit_sizes) != 2 or not 8 <= self.digit_sizes[0] <= self.digit_sizes[1]:
+            raise ConfigError(f"data.digit_sizes: min,max px with 8 <= min <= max, got {self.digit_sizes}")
+        if not 32 <= self.canvas <= 1024:
+            raise ConfigError(f"data.canvas: a training canvas side in [32, 1024] px, got {self.canvas}")
+        if self.digit_sizes[1] > self.canvas:
+            raise ConfigError(f"data.digit_sizes: the largest digit ({self.digit_sizes[1]} px) does not fit the "
+                              f"{self.canvas} px canvas (data.canvas)")
+        if not 0 <= self.gap <= 32:
+            raise ConfigError(f"data.gap: px between digits in [0, 32], got {self.gap}")
+        if not (math.isfinite(self.packed) and 0 <= self.packed <= 1):
+            raise ConfigError(f"data.packed: a share in [0, 1], got {self.packed}")
+
+
+@dataclass
 class TextDataConfig:
     """A text corpus for language modelling (Lab 2.1): tokenizer, context length and contiguous splits."""
 

@@ -93,21 +93,27 @@ def heat_grid(fcn: FCN, image: torch.Tensor, step: int) -> tuple[torch.Tensor, t
     return grid, extent
 
 
-def match(pred: Detections, gt_boxes: torch.Tensor, gt_labels: torch.Tensor, iou: float = 0.5) -> tuple[int, int, int]:
-    """(true positives, false positives, false negatives) of one image, greedy by score."""
+def match_flags(pred: Detections, gt_boxes: torch.Tensor, gt_labels: torch.Tensor, iou: float = 0.5) -> torch.Tensor:
+    """Whether each detection of one image (in `pred`'s order) is right: the right class and IoU >= `iou`
+    with a true box no better-scored detection took (greedy by score, as COCO)."""
     from torchvision.ops import box_iou
 
+    right = torch.zeros(len(pred.scores), dtype=torch.bool)
     if len(pred.scores) == 0 or len(gt_labels) == 0:
-        return 0, len(pred.scores), len(gt_labels)
+        return right
     overlaps = box_iou(pred.boxes, gt_boxes)
     taken = torch.zeros(len(gt_labels), dtype=torch.bool)
-    tp = 0
-    for i in pred.scores.argsort(descending=True).tolist():
+    for i in pred.scores.argsort(descending=True, stable=True).tolist():
         ok = (~taken) & (gt_labels == pred.labels[i]) & (overlaps[i] >= iou)
         if ok.any():
-            j = int(torch.where(ok, overlaps[i], torch.tensor(-1.0)).argmax())
-            taken[j] = True
-            tp += 1
+            taken[int(torch.where(ok, overlaps[i], torch.tensor(-1.0)).argmax())] = True
+            right[i] = True
+    return right
+
+
+def match(pred: Detections, gt_boxes: torch.Tensor, gt_labels: torch.Tensor, iou: float = 0.5) -> tuple[int, int, int]:
+    """(true positives, false positives, false negatives) of one image, greedy by score."""
+    tp = int(match_flags(pred, gt_boxes, gt_labels, iou).sum())
     return tp, len(pred.scores) - tp, len(gt_labels) - tp
 
 

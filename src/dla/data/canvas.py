@@ -96,17 +96,44 @@ def pointing_canvases(x: torch.Tensor, y: torch.Tensor, n: int, size: int = 64, 
     return Canvases(images, [b[None] for b in boxes], [y[i : i + 1] for i in idx.tolist()])
 
 
-def _overlaps(box: tuple[int, int, int, int], others: list[tuple[int, int, int, int]]) -> bool:
+def _overlaps(box: tuple[int, int, int, int], others: list[tuple[int, int, int, int]], gap: int = 0) -> bool:
+    """Whether `box` comes closer than `gap` px to any of `others` (gap 0: shares a pixel with one)."""
     x0, y0, x1, y1 = box
-    return any(x0 < b[2] and b[0] < x1 and y0 < b[3] and b[1] < y1 for b in others)
+    return any(x0 - gap < b[2] and b[0] < x1 + gap and y0 - gap < b[3] and b[1] < y1 + gap for b in others)
+
+
+PLACEMENTS = ("uniform", "packed")
+
+
+def _place(s: int, size: int, frames: list[tuple[int, int, int, int]], gap: int, placement: str,
+           g: torch.Generator) -> tuple[int, int]:
+    """A top-left corner for an s-px frame: uniform over the canvas, or ("packed", when there are frames
+    already) `gap` px beside a random one of them, on a random side, at a random offset along it."""
+    if placement == "packed" and frames:
+        bx0, by0, bx1, by1 = frames[int(torch.randint(0, len(frames), (1,), generator=g))]
+        side = int(torch.randint(0, 4, (1,), generator=g))
+        along = int(torch.randint(-s + 1, (bx1 - bx0 if side < 2 else by1 - by0), (1,), generator=g))
+        if side == 0:  # right of it
+            return bx1 + gap, by0 + along
+        if side == 1:  # left of it
+            return bx0 - gap - s, by0 + along
+        if side == 2:  # below it
+            return bx0 + along, by1 + gap
+        return bx0 + along, by0 - gap - s  # above it
+    return int(torch.randint(0, size - s + 1, (1,), generator=g)), int(torch.randint(0, size - s + 1, (1,), generator=g))
 
 
 def detection_canvases(x: torch.Tensor, y: torch.Tensor, n: int = 500, size: int = 128, count: tuple[int, int] = (1, 5),
-                       sizes: tuple[int, int] = (20, 40), seed: int = 0) -> Canvases:
+                       sizes: tuple[int, int] = (20, 40), seed: int = 0, gap: int = 0,
+                       placement: str = "uniform") -> Canvases:
     """`n` canvases of `size` px, each with count[0]..count[1] digits of x (random ones) at sizes[0]..sizes[1] px,
-    their frames not overlapping. A digit that finds no free place in 100 tries is left out."""
+    their frames at least `gap` px apart (0: not overlapping). A digit that finds no free place in 100 tries
+    is left out. `placement` "packed" puts each digit after the first right next to an earlier one, `gap` px
+    from it (a crowded layout); "uniform" anywhere."""
     if not (1 <= count[0] <= count[1]) or not (1 <= sizes[0] <= sizes[1] <= size):
         raise ValueError(f"bad canvas layout: count {count}, sizes {sizes}, canvas {size}")
+    if gap < 0 or placement not in PLACEMENTS:
+        raise ValueError(f"bad canvas layout: gap {gap}, placement {placement!r}")
     g = torch.Generator().manual_seed(seed)
     images = torch.zeros(n, 1, size, size, dtype=torch.uint8)
     all_boxes, all_labels = [], []
@@ -117,9 +144,8 @@ def detection_canvases(x: torch.Tensor, y: torch.Tensor, n: int = 500, size: int
         for _ in range(k):
             for _attempt in range(100):
                 s = int(torch.randint(sizes[0], sizes[1] + 1, (1,), generator=g))
-                x0 = int(torch.randint(0, size - s + 1, (1,), generator=g))
-                y0 = int(torch.randint(0, size - s + 1, (1,), generator=g))
-                if not _overlaps((x0, y0, x0 + s, y0 + s), frames):
+                x0, y0 = _place(s, size, frames, gap, placement, g)
+                if 0 <= x0 <= size - s and 0 <= y0 <= size - s and not _overlaps((x0, y0, x0 + s, y0 + s), frames, gap):
                     break
             else:
                 continue
@@ -130,6 +156,60 @@ def detection_canvases(x: torch.Tensor, y: torch.Tensor, n: int = 500, size: int
         all_boxes.append(torch.tensor(frames, dtype=torch.float32).reshape(-1, 4))
         all_labels.append(torch.tensor(labels, dtype=torch.long))
     return Canvases(images, all_boxes, all_labels)
+
+
+@dataclass(frozen=True)
+class Layout:
+    """A kind of detection canvas: side, digits per canvas, digit sizes, gap between frames, placement."""
+
+    size: int
+    count: tuple[int, int]
+    sizes: tuple[int, int]
+    gap: int
+    placement: str
+    what: str  # in words, for tables
+
+
+# The evaluation's layout groups (dla detect --eval, the dense detector's test): today's layout first,
+# then the ones a detector was not tuned for: small and large digits, crowds, larger canvases.
+LAYOUTS = {
+    "base": Layout(128, (1, 5), (20, 40), 0, "uniform", "128 px, 1-5 digits at 20-40 px"),
+    "small": Layout(128, (1, 8), (12, 20), 1, "uniform", "128 px, 1-8 digits at 12-20 px"),
+    "large": Layout(128, (1, 4), (40, 64), 1, "uniform", "128 px, 1-4 digits at 40-64 px"),
+    "crowded": Layout(160, (2, 8), (12, 64), 1, "packed", "160 px, 2-8 digits at 12-64 px, packed 1 px apart"),
+    "wide": Layout(256, (1, 8), (12, 64), 1, "uniform", "256 px, 1-8 digits at 12-64 px"),
+}
+
+
+def layout_canvases(x: torch.Tensor, y: torch.Tensor, layout: Layout, n: int, seed: int) -> Canvases:
+    """`n` canvases of `layout` from the digits (x, y), seeded."""
+    return detection_canvases(x, y, n, layout.size, layout.count, layout.sizes, seed, layout.gap, layout.placement)
+
+
+EVAL_SEED = 2026  # the evaluation canvases' seed, plus the layout's index ("base" is dla detect --eval's first layout)
+
+
+def eval_canvases(x: torch.Tensor, y: torch.Tensor, name: str, n: int) -> Canvases:
+    """The `n` evaluation canvases of layout `name` from test digits (x, y): the same on every machine."""
+    return layout_canvases(x, y, LAYOUTS[name], n, EVAL_SEED + list(LAYOUTS).index(name))
+
+
+def training_canvases(x: torch.Tensor, y: torch.Tensor, n: int, size: int, count: tuple[int, int],
+                      sizes: tuple[int, int], gap: int, packed: float, seed: int) -> Canvases:
+    """`n` training canvases: round(n * packed) of them packed (at least two digits each), the rest uniform,
+    in a seeded random order."""
+    n_packed = round(n * packed)
+    parts = []
+    if n - n_packed:
+        parts.append(detection_canvases(x, y, n - n_packed, size, count, sizes, seed, gap, "uniform"))
+    if n_packed:
+        parts.append(detection_canvases(x, y, n_packed, size, (max(2, count[0]), max(2, count[1])), sizes,
+                                        seed + 1, gap, "packed"))
+    images = torch.cat([p.images for p in parts])
+    boxes = [b for p in parts for b in p.boxes]
+    labels = [lab for p in parts for lab in p.labels]
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
+    return Canvases(images[order], [boxes[i] for i in order], [labels[i] for i in order])
 
 
 # What the detector's background class is made of, and how much the digits themselves are jittered.
