@@ -386,6 +386,23 @@ class BaselineConfig:
 
 
 @dataclass
+class DistillConfig:
+    """Knowledge distillation (Lab 1, exercise 2.2 of the newer edition): Hinton et al.'s loss against a teacher."""
+
+    teacher: str | None = None  # a finished image-classifier run on the same data (`teacher=RUN`)
+    temperature: float = 4.0  # T: both nets' logits are divided by it before the softmax
+    alpha: float = 0.9  # the weight of T^2 * KL(teacher || student) at T; 1 - alpha goes to the labels' cross-entropy
+
+    def validate(self) -> None:
+        if not (math.isfinite(self.temperature) and 0 < self.temperature <= 100):
+            raise ConfigError(f"distill.temperature: must be in (0, 100], got {self.temperature}")
+        if not (math.isfinite(self.alpha) and 0 <= self.alpha <= 1):
+            raise ConfigError(f"distill.alpha: must be in [0, 1], got {self.alpha}")
+        if self.teacher is not None and not self.teacher.strip():
+            raise ConfigError("distill.teacher: give a run directory (teacher=runs/lab1-cnn/<run>)")
+
+
+@dataclass
 class ExperimentConfig:
     name: str = "experiment"
     kind: str = IMAGE_CLASSIFIER  # the registered run kind (dla.kind): image-classifier, language-model, ...
@@ -400,6 +417,7 @@ class ExperimentConfig:
     track: TrackConfig = field(default_factory=TrackConfig)
     baseline: BaselineConfig = field(default_factory=BaselineConfig)  # text classifiers' frozen-feature baseline
     rl: RLConfig = field(default_factory=RLConfig)  # reinforcement-learning agents' algorithm (Lab 4)
+    distill: DistillConfig = field(default_factory=DistillConfig)  # image classifiers: a teacher run (Lab 1)
     presets: dict[str, str] = field(default_factory=dict)  # which presets were applied (record only)
 
     def validate(self) -> None:
@@ -409,10 +427,13 @@ class ExperimentConfig:
             check_folder_name(self.run_name, "run_name")
         if self.kind != RL_AGENT and self.rl != RLConfig():
             raise ConfigError(f"rl: the algorithm settings are for kind {RL_AGENT} runs, not {self.kind}")
+        if self.kind != IMAGE_CLASSIFIER and self.distill != DistillConfig():
+            raise ConfigError(f"distill: knowledge distillation is for image classifiers (teacher=RUN), not a "
+                              f"{self.kind} run")
 
 
 # `GROUP=VALUE` shorthands for the most used keys.
-ALIASES = {"data": "data.name", "tracker": "track.tracker", "model": "model.name"}
+ALIASES = {"data": "data.name", "tracker": "track.tracker", "model": "model.name", "teacher": "distill.teacher"}
 
 # Keys of the former fine-tuning dialect (dla hf finetune before one engine) and where they went.
 RENAMED = {

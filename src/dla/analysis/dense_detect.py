@@ -101,7 +101,7 @@ def decode(out: torch.Tensor, classes: int, threshold: float, top_k: int = 100, 
     heatmap peaks whose (calibrated) score reaches `threshold`, after class-agnostic NMS at `nms_iou`."""
     from torchvision.ops import clip_boxes_to_image, nms
 
-    out = out.float()
+    out = out.float().contiguous()  # a channels_last map would make every step below copy
     b, _, gh, gw = out.shape
     heat = torch.sigmoid(out[:, :classes])
     peaks = heat * (heat == F.max_pool2d(heat, 3, 1, 1))

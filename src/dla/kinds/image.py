@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dla.config import DataConfig
 from dla.data.vision import get_spec, input_shape, load_image_data
-from dla.errors import ConfigError
+from dla.errors import ConfigError, WrongRunKind
 from dla.kind import IMAGE_CLASSIFIER, Column, RunKind, register_kind
 from dla.models import build_model
 
@@ -35,6 +35,29 @@ class ImageClassifier(RunKind):
             from dla.analysis.ood_tracking import check_ood_tracking  # scikit-learn: 2 s of start-up, only when used
 
             check_ood_tracking(cfg)
+        if cfg.distill.teacher is not None:
+            self.teacher_config(cfg)
+
+    def teacher_config(self, cfg):
+        """The teacher run and its config, checked against the student's: an image classifier of the same data
+        and classes, with trained weights."""
+        from dla.build import open_run
+
+        if cfg.train.adversarial != "none":
+            raise ConfigError("distill.teacher with train.adversarial: choose one (the teacher scores clean images)")
+        run, tcfg = open_run(cfg.distill.teacher)
+        if tcfg.kind != self.name:
+            raise WrongRunKind(f"teacher={run.path}: a teacher must be an {self.name} run; this is a {tcfg.kind} run")
+        same = ("name", "classes", "background_class", "canvas")
+        differs = [k for k in same if getattr(tcfg.data, k, None) != getattr(cfg.data, k, None)]
+        if differs:
+            k = differs[0]
+            raise ConfigError(f"teacher={run.path}: trained on data.{k}={getattr(tcfg.data, k)}, the student on "
+                              f"{getattr(cfg.data, k)}; a teacher must classify the same images into the same classes")
+        if not run.best_weights.is_file():
+            raise ConfigError(f"teacher={run.path}: has no trained weights ({run.best_weights.name} missing): "
+                              f"an unfinished run")
+        return run, tcfg
 
     def load_data(self, cfg, data_root, run=None, quiet=False):
         d = cfg.data
@@ -49,7 +72,26 @@ class ImageClassifier(RunKind):
 
         if cfg.train.batch_size > len(data.train):
             raise ConfigError(f"train.batch_size={cfg.train.batch_size} exceeds the {len(data.train)} training images")
-        return ImageTask(data, cfg.data.augment)
+        teacher = None
+        if cfg.distill.teacher is not None:
+            from dla.build import load_run_model
+
+            run, _ = self.teacher_config(cfg)
+            teacher, _ = load_run_model(run)
+            for p in teacher.parameters():
+                p.requires_grad_(False)
+        return ImageTask(data, cfg.data.augment, teacher, cfg.distill.temperature, cfg.distill.alpha)
+
+    def summary(self, cfg, data):
+        if cfg.distill.teacher is None:
+            return {}
+        import json
+
+        from dla.rundir import RunDir
+
+        run = RunDir.open(cfg.distill.teacher)
+        teacher = json.loads(run.summary.read_text()) if run.summary.is_file() else {}
+        return {"teacher": str(run.path), "teacher_params": teacher.get("params"), "teacher_test_acc": teacher.get("test_acc")}
 
     def build_model(self, cfg):
         spec = get_spec(cfg.data.name)

@@ -110,11 +110,31 @@ class Task:
         return metrics
 
 
-class ImageTask(Task):
-    """Image classification: shuffled epochs over an in-memory uint8 set, cross-entropy and accuracy."""
+def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, labels: torch.Tensor, temperature: float,
+                      alpha: float, label_smoothing: float = 0.0) -> torch.Tensor:
+    """Hinton et al. (2015): (1 - alpha) * CE(student, labels) + alpha * T^2 * KL(softmax(teacher / T) ||
+    softmax(student / T)), the KL averaged over the batch; T^2 keeps the soft term's gradients on the scale of
+    the hard one's as T changes. At alpha = 0 it is the cross-entropy."""
+    ce = F.cross_entropy(student, labels, label_smoothing=label_smoothing)
+    if alpha == 0:
+        return ce
+    t = temperature
+    kl = F.kl_div(F.log_softmax(student / t, 1), F.log_softmax(teacher / t, 1), reduction="batchmean", log_target=True)
+    return (1 - alpha) * ce + alpha * t * t * kl
 
-    def __init__(self, data, augment: str = "none"):
+
+class ImageTask(Task):
+    """Image classification: shuffled epochs over an in-memory uint8 set, cross-entropy and accuracy; with a
+    teacher (a trained classifier, frozen), the distillation loss against its logits instead."""
+
+    def __init__(self, data, augment: str = "none", teacher: nn.Module | None = None, temperature: float = 4.0,
+                 alpha: float = 0.9):
         self.data, self.augment = data, augment
+        self.teacher, self.temperature, self.alpha = teacher, temperature, alpha
+
+    def attach(self, model):
+        if self.teacher is not None:
+            self.teacher.to(next(model.parameters()).device).eval()
 
     def total_steps(self, cfg: TrainConfig) -> int:
         return batches_per_epoch(len(self.data.train), cfg.batch_size) * cfg.epochs
@@ -137,10 +157,15 @@ class ImageTask(Task):
             xb = adversarial_batch(unwrapped, xb, yb, cfg, generator)
         with autocast(xb.device, cfg.precision):
             logits = model(prepare_input(xb, cfg.channels_last))
-            loss = F.cross_entropy(logits.float(), yb, label_smoothing=cfg.label_smoothing)
+            if self.teacher is not None:
+                with torch.no_grad():
+                    soft = self.teacher(prepare_input(xb, cfg.channels_last)).float()
+                loss = distillation_loss(logits.float(), soft, yb, self.temperature, self.alpha, cfg.label_smoothing)
+            else:
+                loss = F.cross_entropy(logits.float(), yb, label_smoothing=cfg.label_smoothing)
         logits = logits.detach().float()
         # Report plain cross-entropy, comparable with validation, even when training with smoothing.
-        reported = F.cross_entropy(logits, yb) if cfg.label_smoothing else loss.detach()
+        reported = F.cross_entropy(logits, yb) if cfg.label_smoothing or self.teacher is not None else loss.detach()
         return loss, {"loss": reported * len(yb), "correct": (logits.argmax(1) == yb).sum().to(reported.dtype),
                       "n": torch.tensor(float(len(yb)), device=yb.device)}
 
