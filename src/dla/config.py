@@ -53,6 +53,23 @@ class DataConfig:
 
 
 @dataclass
+class EmbeddingDataConfig(DataConfig):
+    """An image set for metric learning: DataConfig's keys, the validation gallery and the few-shot test."""
+
+    gallery: int = 10000  # training images the validation queries are ranked against (the test: all of them)
+    shots: list[int] = field(default_factory=lambda: [1, 5])  # with data.classes: few-shot on the other classes
+    episodes: int = 20  # few-shot episodes (support sets drawn) per number of shots
+
+    def validate(self) -> None:
+        super().validate()
+        check_positive(self, "gallery", "episodes", prefix="data.")
+        if not self.shots or min(self.shots) < 1 or len(set(self.shots)) < len(self.shots):
+            raise ConfigError(f"data.shots: distinct numbers of examples per class >= 1, got {self.shots}")
+        if self.canvas is not None or self.background_class:
+            raise ConfigError("data.canvas and data.background_class are for classifiers, not an image embedding")
+
+
+@dataclass
 class DetectionDataConfig:
     """Canvases of digits for a dense detector (Lab 1.2.2): made afresh every epoch from the training digits
     (dla.data.canvas), validated on fixed canvases of the validation digits, tested on fixed layout groups."""

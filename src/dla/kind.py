@@ -128,7 +128,7 @@ def register_kind(cls: type[RunKind]) -> type[RunKind]:
 
 
 BUILT_IN = ("dla.kinds.image", "dla.kinds.language_model", "dla.kinds.text_classifier", "dla.kinds.agent",
-            "dla.kinds.retriever", "dla.kinds.multiple_choice", "dla.kinds.detector")
+            "dla.kinds.retriever", "dla.kinds.multiple_choice", "dla.kinds.detector", "dla.kinds.embedding")
 _loaded = False
 
 

@@ -29,7 +29,7 @@ class ImageClassifier(RunKind):
     fallback = Column("best val acc (%)", "best_val_acc", "pct", True)
 
     def check(self, cfg):
-        if cfg.model.name in ("gpt", "hf-encoder", "policy-mlp", "policy-cnn", "dense-fcn"):
+        if cfg.model.name in ("gpt", "hf-encoder", "policy-mlp", "policy-cnn", "dense-fcn", "embed-cnn"):
             raise ConfigError(f"model.name={cfg.model.name} does not classify images; use mlp or cnn")
         if cfg.train.ood_every:  # OOD tracking is for image classifiers (RunKind.check refuses it)
             from dla.analysis.ood_tracking import check_ood_tracking  # scikit-learn: 2 s of start-up, only when used
