@@ -489,6 +489,15 @@ CASES = [
     Case("siamese-with-a-cnn", ["train", "lab1-siamese", "model.name=cnn", *TINY_TRAIN], "model"),
     Case("siamese-label-smoothing", ["train", "lab1-siamese", "train.label_smoothing=0.1", *TINY_TRAIN],
          "train.label_smoothing"),
+    # --- JARN (Lab 3, exercise 3.2)
+    Case("jarn-on-language-model", ["train", "lab2-gpt-char", "train.jarn=true", *TINY_TRAIN], "train.jarn"),
+    Case("jarn-on-detector", ["train", "lab1-fcn-dense", "train.jarn=true", *TINY_TRAIN], "train.jarn"),
+    Case("jarn-weight-0", ["train", "lab1-mlp", "train.jarn=true", "train.jarn_weight=0", *TINY_TRAIN], "train.jarn_weight"),
+    Case("jarn-disc-every-0", ["train", "lab1-mlp", "train.jarn=true", "train.jarn_disc_every=0", *TINY_TRAIN],
+         "train.jarn_disc_every"),
+    Case("jarn-noise-2", ["train", "lab1-mlp", "train.jarn=true", "train.jarn_noise=2", *TINY_TRAIN], "train.jarn_noise"),
+    Case("jarn-with-adversarial", ["train", "lab1-mlp", "train.jarn=true", "train.adversarial=fgsm", *TINY_TRAIN],
+         "train.jarn"),
     # --- the residual MLP (Lab 1, exercise 1.2)
     Case("mlp-residual-two-widths", ["train", "lab1-mlp", "model.residual=true", "model.hidden=[64,32]", *TINY_TRAIN],
          "model.residual"),

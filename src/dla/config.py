@@ -367,6 +367,15 @@ class TrainConfig:
     ood_every: int | None = None
     ood_sets: list[str] = field(default_factory=list)  # e.g. [heldout, mnist, noise-uniform]
     ood_n: int = 1000  # images per sample
+    # JARN (Lab 3, exercise 3.2; dla.train.jarn): input Jacobians made to look like images by a discriminator
+    jarn: bool = False
+    jarn_weight: float = 1.0  # the adversarial term's weight (the paper's beta)
+    jarn_disc_lr: float = 2e-4  # the discriminator's and the adaptor's Adam learning rate
+    jarn_disc_width: int = 32  # the discriminator's first conv width (the paper's disc_base_channels)
+    jarn_disc_layers: int = 3  # its stride-2 convs (28x28 images: 3; the paper's CIFAR-10 net: 5)
+    jarn_disc_every: int = 20  # classifier steps per discriminator update (the paper's disc_update_steps)
+    jarn_warmup: int = 0  # classifier steps before the adversarial term is on (the paper's steps_before_adv_opt)
+    jarn_noise: float = 0.0  # uniform noise of this L-infinity size on the images whose Jacobians are taken
 
     def validate(self) -> None:
         check_positive(
@@ -375,7 +384,15 @@ class TrainConfig:
         )
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ConfigError(f"train.label_smoothing: must be in [0, 1), got {self.label_smoothing}")
-        check_positive(self, "adv_eps", "adv_alpha", "adv_steps", "ood_every", "ood_n", prefix="train.")
+        check_positive(self, "adv_eps", "adv_alpha", "adv_steps", "ood_every", "ood_n", "jarn_disc_width",
+                       "jarn_disc_layers", "jarn_disc_every", prefix="train.")
+        if not (math.isfinite(self.jarn_weight) and self.jarn_weight > 0) or not (
+                math.isfinite(self.jarn_disc_lr) and 0 < self.jarn_disc_lr <= 1):
+            raise ConfigError(f"train.jarn_weight and train.jarn_disc_lr: must be > 0 (the lr at most 1), got "
+                              f"{self.jarn_weight}, {self.jarn_disc_lr}")
+        if self.jarn_warmup < 0 or not (math.isfinite(self.jarn_noise) and 0 <= self.jarn_noise <= 1):
+            raise ConfigError(f"train.jarn_warmup >= 0 and train.jarn_noise in [0, 1], got {self.jarn_warmup}, "
+                              f"{self.jarn_noise}")
         if self.ood_every and not self.ood_sets:
             raise ConfigError("train.ood_sets: give at least one OOD set with train.ood_every, e.g. train.ood_sets=[mnist]")
         if not 0.0 <= self.adv_prob <= 1.0:

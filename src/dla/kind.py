@@ -50,6 +50,8 @@ class RunKind:
         """Everything about `cfg` that can be checked before any data is loaded or any file written."""
         if cfg.train.ood_every:
             raise ConfigError(f"train.ood_every: OOD tracking is for image classifiers, not a {self.name} run")
+        if cfg.train.jarn:
+            raise ConfigError(f"train.jarn: JARN regularises an image classifier's input Jacobian, not a {self.name} run")
         if self.models and cfg.model.name not in self.models:
             raise ConfigError(f"kind {self.name} ({self.title}) trains model.name={' or '.join(self.models)}, "
                               f"not {cfg.model.name}")

@@ -37,6 +37,8 @@ class ImageClassifier(RunKind):
             check_ood_tracking(cfg)
         if cfg.distill.teacher is not None:
             self.teacher_config(cfg)
+        if cfg.train.jarn and (cfg.train.adversarial != "none" or cfg.distill.teacher is not None):
+            raise ConfigError("train.jarn with train.adversarial or distill.teacher: choose one training objective")
 
     def teacher_config(self, cfg):
         """The teacher run and its config, checked against the student's: an image classifier of the same data
@@ -80,7 +82,12 @@ class ImageClassifier(RunKind):
             teacher, _ = load_run_model(run)
             for p in teacher.parameters():
                 p.requires_grad_(False)
-        return ImageTask(data, cfg.data.augment, teacher, cfg.distill.temperature, cfg.distill.alpha)
+        jarn = None
+        if cfg.train.jarn:
+            from dla.train.jarn import Jarn
+
+            jarn = Jarn(input_shape(cfg)[0], cfg.train, cfg.seed)
+        return ImageTask(data, cfg.data.augment, teacher, cfg.distill.temperature, cfg.distill.alpha, jarn)
 
     def summary(self, cfg, data):
         if cfg.distill.teacher is None:

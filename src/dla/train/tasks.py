@@ -128,13 +128,24 @@ class ImageTask(Task):
     teacher (a trained classifier, frozen), the distillation loss against its logits instead."""
 
     def __init__(self, data, augment: str = "none", teacher: nn.Module | None = None, temperature: float = 4.0,
-                 alpha: float = 0.9):
+                 alpha: float = 0.9, jarn: Any = None):
         self.data, self.augment = data, augment
         self.teacher, self.temperature, self.alpha = teacher, temperature, alpha
+        self.jarn = jarn  # dla.train.jarn.Jarn: the JARN regulariser, or None
 
     def attach(self, model):
+        device = next(model.parameters()).device
         if self.teacher is not None:
-            self.teacher.to(next(model.parameters()).device).eval()
+            self.teacher.to(device).eval()
+        if self.jarn is not None:
+            self.jarn.to(device)
+
+    def state_dict(self):
+        return {"jarn": self.jarn.state_dict()} if self.jarn is not None else {}
+
+    def load_state_dict(self, state):
+        if self.jarn is not None and "jarn" in state:
+            self.jarn.load_state_dict(state["jarn"])
 
     def total_steps(self, cfg: TrainConfig) -> int:
         return batches_per_epoch(len(self.data.train), cfg.batch_size) * cfg.epochs
@@ -155,6 +166,12 @@ class ImageTask(Task):
         xb, yb = batch
         if cfg.adversarial != "none":
             xb = adversarial_batch(unwrapped, xb, yb, cfg, generator)
+        if self.jarn is not None:
+            loss, logits, extra = self.jarn.loss(model, xb, yb, cfg, generator)
+            logits = logits.detach()
+            n = torch.tensor(float(len(yb)), device=yb.device)
+            return loss, {"loss": F.cross_entropy(logits, yb) * n, "correct": (logits.argmax(1) == yb).sum().float(),
+                          "n": n, **{k: v * n for k, v in extra.items() if k == "jarn_fool"}}
         with autocast(xb.device, cfg.precision):
             logits = model(prepare_input(xb, cfg.channels_last))
             if self.teacher is not None:
@@ -168,6 +185,12 @@ class ImageTask(Task):
         reported = F.cross_entropy(logits, yb) if cfg.label_smoothing or self.teacher is not None else loss.detach()
         return loss, {"loss": reported * len(yb), "correct": (logits.argmax(1) == yb).sum().to(reported.dtype),
                       "n": torch.tensor(float(len(yb)), device=yb.device)}
+
+    def train_metrics(self, sums, model, accelerator, cfg):
+        out = super().train_metrics(sums, model, accelerator, cfg)
+        if "jarn_fool" in sums:  # how well the adapted Jacobians fool the discriminator (lower: more image-like)
+            out["jarn_fool"] = float(sums["jarn_fool"] / sums["n"])
+        return out
 
     def evaluate(self, model, split, accelerator, cfg):
         data = {"val": self.data.val, "test": self.data.test, "train": self.data.train}[split]
