@@ -49,6 +49,7 @@ class RunDir:
     tokenizer = property(lambda self: self.path / "tokenizer.json")  # language models
     sample = property(lambda self: self.path / "sample.txt")  # language models: text generated after training
     hf_model = property(lambda self: self.path / "model")  # text classifiers: save_pretrained folder (from_pretrained)
+    detector = property(lambda self: self.path / "detector.json")  # digit detectors: calibration, default threshold
 
     @property
     def name(self) -> str:

@@ -111,12 +111,10 @@ def open_finder(run: RunDir, threshold: float | None = None, step: int | None = 
     model, cfg = load_run_model(run)
     classes = class_names(cfg)
     if isinstance(model, DenseDetector):
-        from dla.kinds.detector import DETECTOR_FILE
-
         if step is not None or sizes is not None:
             raise DlaError("--stride and --sizes set the pyramid of a classifier made fully convolutional (lab1-fcn); "
                            f"{run.path} is a dense detector, which finds every size in one pass")
-        path = run.path / DETECTOR_FILE
+        path = run.detector
         try:
             saved = json.loads(path.read_text())
             calibration, default = tuple(saved["calibration"]), float(saved["threshold"])
@@ -214,7 +212,7 @@ def run_detect(run: RunDir, images: Sequence[str], threshold: float | None = Non
 
 EVAL_COLUMNS = (("layout", "layout", "str"), ("precision", "precision", "pct"), ("recall", "recall", "pct"),
                 ("F1", "f1", "pct"), ("mAP@0.5", "map50", "pct"), ("digits", "digits", "int"),
-                ("detections", "detections", "int"), ("images/s", "images_per_s", "float"))
+                ("detections", "detections", "int"), ("images/s", "images_per_s", "time"))
 RELIABILITY_BINS = 10
 
 
@@ -259,7 +257,8 @@ def plot_reliability(scores: torch.Tensor, right: torch.Tensor, threshold: float
 
 
 def plot_examples(images: Sequence[torch.Tensor], truth: Sequence[tuple[torch.Tensor, torch.Tensor]],
-                  preds: Sequence[Detections], classes: Sequence[str], path: Path, title: str) -> Path:
+                  preds: Sequence[Detections], classes: Sequence[str], path: Path, title: str,
+                  titles: Sequence[str] | None = None) -> Path:
     """Canvases (uint8, any sizes) with their detections (red) and true boxes (green, dashed), four a row."""
     from dla.data.batches import to_unit_float
     from dla.report.plots import pyplot, save_figure
@@ -270,9 +269,11 @@ def plot_examples(images: Sequence[torch.Tensor], truth: Sequence[tuple[torch.Te
     fig, axes = plt.subplots(rows, cols, figsize=(3 * cols, 3 * rows), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
-    for ax, image, gt, pred in zip(axes.flat, images, truth, preds):
+    for i, (ax, image, gt, pred) in enumerate(zip(axes.flat, images, truth, preds)):
         show_image(ax, to_unit_float(image))
         _draw_boxes(ax, pred, classes, gt=gt)
+        if titles:
+            ax.set_title(titles[i], fontsize=8, pad=8)
     fig.suptitle(title, fontsize=9)
     return save_figure(fig, path)
 
@@ -318,7 +319,7 @@ def run_detect_eval(run: RunDir, threshold: float | None = None, step: int | Non
         boxes, labels = boxes + canv.boxes, labels + canv.labels
         scores += [p.scores for p in preds]
         flags += [match_flags(p, b, lab) for p, b, lab in zip(preds, canv.boxes, canv.labels)]
-        examples += [(canv, preds, i) for i in range(min(2 if len(layouts) > 3 else 4, len(preds)))]
+        examples += [(canv, preds, i, name) for i in range(min(2 if len(layouts) > 3 else 4, len(preds)))]
     bar.close()
     if len(layouts) > 1:
         m = detection_metrics(every, boxes, labels)
@@ -336,9 +337,10 @@ def run_detect_eval(run: RunDir, threshold: float | None = None, step: int | Non
             **({} if finder.dense else {"stride": finder.step, "sizes": list(finder.sizes)}),
             **{k: v for k, v in rows[-1].items() if k not in ("layout", "group")},
             "groups": {r["group"]: {k: v for k, v in r.items() if k not in ("layout", "group")} for r in rows}}, indent=2))
-        plot_examples([c.images[i] for c, _, i in examples], [(c.boxes[i], c.labels[i]) for c, _, i in examples],
-                      [p[i] for _, p, i in examples], finder.classes, tmp / "eval-examples.png",
-                      f"detections (red) at threshold {finder.threshold:g} and true boxes (green, dashed)")
+        plot_examples([c.images[i] for c, _, i, _ in examples], [(c.boxes[i], c.labels[i]) for c, _, i, _ in examples],
+                      [p[i] for _, p, i, _ in examples], finder.classes, tmp / "eval-examples.png",
+                      f"detections (red) at threshold {finder.threshold:g} and true boxes (green, dashed)",
+                      [f"{name} ({c.images.shape[-1]} px)" for c, _, _, name in examples])
         plot_reliability(torch.cat(scores), torch.cat(flags), finder.threshold, tmp / "reliability.png",
                          f"{run.path.name}: evaluation detections at threshold {finder.threshold:g}")
         write_manifest(tmp, "detect", TITLE, [

@@ -3,7 +3,7 @@
 `dla train lab1-fcn-dense` trains `dense-fcn` (dla.models.detector) on canvases made afresh every
 epoch from the training digits (dla.analysis.detect_task). Its test calibrates the scores on
 validation canvases and scores every layout group of `dla.data.canvas.LAYOUTS`; the run keeps
-the calibration and the default threshold in `detector.json`, which `dla detect RUN` reads, and
+the calibration and the default threshold in `detector.json` (`RunDir.detector`), which `dla detect RUN` reads, and
 draws the reliability diagram and a crowded test canvas into plots/.
 """
 
@@ -18,7 +18,6 @@ from dla.errors import ConfigError
 from dla.kind import Column, RunKind, register_kind
 
 DIGIT_DETECTOR = "digit-detector"
-DETECTOR_FILE = "detector.json"
 
 
 @dataclass
@@ -108,7 +107,7 @@ class DigitDetector(RunKind):
         from dla.io import atomic_text
         from dla.manifest import PLOTS_TITLE, write_manifest
 
-        atomic_text(run.path / DETECTOR_FILE, json.dumps(task.detector, indent=2) + "\n")
+        atomic_text(run.detector, json.dumps(task.detector, indent=2) + "\n")
         figures = []
         if task.reliability is not None:
             from dla.analysis.detect_study import plot_reliability
