@@ -157,8 +157,9 @@ class ImageEmbedding(RunKind):
         figures.append({"file": "neighbours.png", "caption": "each test query with its 5 nearest training images"})
         if task.unseen is not None and task.test_metrics:
             shots = {f"{k}-shot": {"accuracy": task.test_metrics[f"fewshot{k}"]} for k in task.shots}
+            unseen = len(task.unseen.y.unique())
             plot_bars(shots, run.plots / "fewshot.png", f"{cfg.name}: nearest class mean on {len(task.unseen)} "
-                      f"images of unseen classes", "accuracy")
+                      f"images of {unseen} unseen classes (chance {100 / unseen:.0f}%)", "accuracy")
             figures.append({"file": "fewshot.png", "caption": "few-shot accuracy on the classes left out of training"})
         write_manifest(run.plots, "plots", PLOTS_TITLE, figures)
 
