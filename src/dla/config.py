@@ -461,9 +461,6 @@ class ExperimentConfig:
             check_folder_name(self.run_name, "run_name")
         if self.kind != RL_AGENT and self.rl != RLConfig():
             raise ConfigError(f"rl: the algorithm settings are for kind {RL_AGENT} runs, not {self.kind}")
-        if self.kind != IMAGE_CLASSIFIER and self.distill != DistillConfig():
-            raise ConfigError(f"distill: knowledge distillation is for image classifiers (teacher=RUN), not a "
-                              f"{self.kind} run")
 
 
 # `GROUP=VALUE` shorthands for the most used keys.

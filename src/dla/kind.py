@@ -52,6 +52,9 @@ class RunKind:
             raise ConfigError(f"train.ood_every: OOD tracking is for image classifiers, not a {self.name} run")
         if cfg.train.jarn:
             raise ConfigError(f"train.jarn: JARN regularises an image classifier's input Jacobian, not a {self.name} run")
+        if cfg.distill != type(cfg.distill)():
+            raise ConfigError(f"distill: knowledge distillation is for image classifiers (teacher=RUN), not a "
+                              f"{self.name} run")
         if self.models and cfg.model.name not in self.models:
             raise ConfigError(f"kind {self.name} ({self.title}) trains model.name={' or '.join(self.models)}, "
                               f"not {cfg.model.name}")

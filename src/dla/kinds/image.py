@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-
-from dla.config import DataConfig
+from dla.config import DataConfig, load_run_config
 from dla.data.vision import get_spec, input_shape, load_image_data
 from dla.errors import ConfigError, WrongRunKind
 from dla.kind import IMAGE_CLASSIFIER, Column, RunKind, register_kind
 from dla.models import build_model
+from dla.rundir import RunDir
+from dla.train.checkpoint import load_weights
 
 
 @register_kind
@@ -43,11 +44,10 @@ class ImageClassifier(RunKind):
     def teacher_config(self, cfg):
         """The teacher run and its config, checked against the student's: an image classifier of the same data
         and classes, with trained weights."""
-        from dla.build import open_run
-
         if cfg.train.adversarial != "none":
             raise ConfigError("distill.teacher with train.adversarial: choose one (the teacher scores clean images)")
-        run, tcfg = open_run(cfg.distill.teacher)
+        run = RunDir.open(cfg.distill.teacher)
+        tcfg = load_run_config(run)
         if tcfg.kind != self.name:
             raise WrongRunKind(f"teacher={run.path}: a teacher must be an {self.name} run; this is a {tcfg.kind} run")
         same = ("name", "classes", "background_class", "canvas")
@@ -76,10 +76,10 @@ class ImageClassifier(RunKind):
             raise ConfigError(f"train.batch_size={cfg.train.batch_size} exceeds the {len(data.train)} training images")
         teacher = None
         if cfg.distill.teacher is not None:
-            from dla.build import load_run_model
-
-            run, _ = self.teacher_config(cfg)
-            teacher, _ = load_run_model(run)
+            run, tcfg = self.teacher_config(cfg)
+            teacher = self.build_model(tcfg)
+            load_weights(teacher, run.best_weights)
+            teacher.eval()
             for p in teacher.parameters():
                 p.requires_grad_(False)
         jarn = None
@@ -93,8 +93,6 @@ class ImageClassifier(RunKind):
         if cfg.distill.teacher is None:
             return {}
         import json
-
-        from dla.rundir import RunDir
 
         run = RunDir.open(cfg.distill.teacher)
         teacher = json.loads(run.summary.read_text()) if run.summary.is_file() else {}
