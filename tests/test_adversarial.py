@@ -247,3 +247,50 @@ def test_adversarial_batch_replaces_about_adv_prob_of_the_batches_at_uniform_eps
     for _ in range(5):
         tasks.adversarial_batch(None, x, y, fixed, g)
     assert seen == [0.2] * 5
+
+
+class _FirstPixelClassifier(torch.nn.Module):
+    """Predicts the class written in each image's first pixel (0, 1 or 2): a model whose answers a test sets."""
+
+    def forward(self, x):
+        return torch.nn.functional.one_hot(x.flatten(1)[:, 0].round().long().clamp(0, 2), 3).float()
+
+
+def test_autoattack_stages_run_on_what_the_ones_before_left_correct(monkeypatch):
+    from dla import attacks
+    from dla.analysis.adversarial import accuracy_under_attack
+
+    y = torch.tensor([0, 1, 2, 0, 1, 2, 0, 1])
+    x = torch.zeros(8, 1, 2, 2)
+    x[:, 0, 0, 0] = y.float()
+    x[7, 0, 0, 0] = 2.0  # image 7 is misclassified before any attack
+    x[:, 0, 1, 1] = torch.arange(8).float()  # each image's index, so a stage can pick its victims
+    seen = []
+
+    def flip(victims):  # an attack that fools the model on the images whose index is in `victims`
+        def run(xb, yb):
+            seen.append(xb[:, 0, 1, 1].long().tolist())
+            out = xb.clone()
+            hit = torch.tensor([int(i) in victims for i in xb[:, 0, 1, 1]])
+            out[hit, 0, 0, 0] = ((yb[hit] + 1) % 3).float()
+            out[:, 0, 0, 1] = 0.5  # every returned image is marked, fooled or not
+            return out
+        return run
+
+    model = _FirstPixelClassifier()
+    stages = [("A", flip({0, 1})), ("B", flip({1, 2, 7})), ("C", flip(set())), ("D", flip({3}))]
+    adv, left = attacks.run_stages(model, x, y, stages)
+    assert left == [5, 4, 4, 3]  # 7 correct clean; A breaks 0 and 1, B breaks 2 (1 is gone, 7 never counted), D breaks 3
+    assert seen == [[0, 1, 2, 3, 4, 5, 6], [2, 3, 4, 5, 6], [3, 4, 5, 6], [3, 4, 5, 6]]
+    fooled = [0, 1, 2, 3]
+    assert torch.equal(model(adv).argmax(1)[fooled], (y[fooled] + 1) % 3)
+    assert (adv[fooled, 0, 0, 1] == 0.5).all() and (adv[4:, 0, 0, 1] == 0).all()  # the rest keep their clean image
+    assert torch.equal(adv[4:], x[4:])
+
+    # The study's rows: the accuracy after each stage, over batches, and the last stage's is the robust accuracy.
+    monkeypatch.setattr(attacks, "AUTOATTACK_STAGES", ("A", "B", "C", "D"))
+    monkeypatch.setattr(attacks, "autoattack_stages", lambda model, eps, num_classes, seed=0: stages)
+    (zero, row) = accuracy_under_attack(model, x, y, "autoattack", [0.0, 0.1], batch_size=3)
+    assert row["clean"] == zero["acc"] == 7 / 8 and row["n"] == 8
+    assert [row[attacks.stage_key(s)] for s in "ABCD"] == [5 / 8, 4 / 8, 4 / 8, 3 / 8] and row["acc"] == 3 / 8
+    assert [zero[attacks.stage_key(s)] for s in "ABCD"] == [7 / 8] * 4  # eps 0 attacks nothing

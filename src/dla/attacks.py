@@ -10,6 +10,8 @@ training attacks the model as it trains.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -66,10 +68,17 @@ AUTOATTACK_ITERATIONS = 100  # per attack, as in Croce & Hein's standard version
 SQUARE_QUERIES = 5000
 
 
-def autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, num_classes: int,
-               seed: int = 0) -> torch.Tensor:
-    """AutoAttack's standard version (Croce & Hein 2020) in the L-infinity ball: APGD-CE, APGD-T,
-    FAB-T and Square, each run on the images the ones before it left correctly classified.
+AUTOATTACK_STAGES = ("APGD-CE", "APGD-T", "FAB-T", "Square")  # the standard version's attacks, in its order
+
+
+def stage_key(name: str) -> str:
+    """The key of a table row's accuracy left after AutoAttack's attack `name` (and those before it)."""
+    return "after_" + name.lower().replace("-", "_")
+
+
+def autoattack_stages(model: nn.Module, eps: float, num_classes: int, seed: int = 0) -> list[tuple[str, Any]]:
+    """AutoAttack's standard version (Croce & Hein 2020) in the L-infinity ball as (name, attack) pairs:
+    APGD-CE, APGD-T, FAB-T and Square, each a callable (x, y) -> adversarial x.
 
     Built from torchattacks' four attacks with the original's budgets (100 iterations, every other
     class as a target for APGD-T and FAB-T, 5,000 Square queries): torchattacks' own `AutoAttack`
@@ -79,13 +88,49 @@ def autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, n
 
     common = {"norm": "Linf", "eps": eps, "n_restarts": 1, "seed": seed}
     steps = AUTOATTACK_ITERATIONS
-    ensemble = torchattacks.MultiAttack([
-        torchattacks.APGD(model, steps=steps, loss="ce", **common),
-        torchattacks.APGDT(model, steps=steps, n_classes=num_classes, **common),
-        torchattacks.FAB(model, steps=steps, multi_targeted=True, n_classes=num_classes, **common),
-        torchattacks.Square(model, n_queries=SQUARE_QUERIES, **common),
-    ])
-    return ensemble(x, y).detach()
+    attacks = (torchattacks.APGD(model, steps=steps, loss="ce", **common),
+               torchattacks.APGDT(model, steps=steps, n_classes=num_classes, **common),
+               torchattacks.FAB(model, steps=steps, multi_targeted=True, n_classes=num_classes, **common),
+               torchattacks.Square(model, n_queries=SQUARE_QUERIES, **common))
+    return list(zip(AUTOATTACK_STAGES, attacks))
+
+
+def run_stages(model: nn.Module, x: torch.Tensor, y: torch.Tensor, stages) -> tuple[torch.Tensor, list[int]]:
+    """Each attack of `stages` runs on the images that the clean model and every attack before it left
+    correctly classified (as the original AutoAttack does: a misclassified clean image is never attacked);
+    an image keeps the first adversarial version that fooled the model. Returns the adversarial images and,
+    after each stage, how many images are still correctly classified: the per-attack breakdown that tells
+    a robust model from one that only masks gradients (a masked model falls to the black-box Square last)."""
+    with torch.no_grad():
+        robust = model(x).argmax(1) == y
+    adv, left = x.detach().clone(), []
+    for _, attack_fn in stages:
+        idx = robust.nonzero().flatten()
+        if len(idx):
+            candidate = attack_fn(x[idx], y[idx]).detach()
+            with torch.no_grad():
+                fooled = model(candidate).argmax(1) != y[idx]
+            adv[idx[fooled]] = candidate[fooled]
+            robust[idx[fooled]] = False
+        left.append(int(robust.sum()))
+    return adv, left
+
+
+def autoattack_breakdown(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, num_classes: int,
+                         seed: int = 0) -> tuple[torch.Tensor, list[int]]:
+    """AutoAttack's adversarial images and the images still correct after each of its attacks (`run_stages`)."""
+    if eps == 0:
+        with torch.no_grad():
+            correct = int((model(x).argmax(1) == y).sum())
+        return x, [correct] * len(AUTOATTACK_STAGES)
+    return run_stages(model, x, y, autoattack_stages(model, eps, num_classes, seed))
+
+
+def autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, num_classes: int,
+               seed: int = 0) -> torch.Tensor:
+    """AutoAttack's standard version in the L-infinity ball (`autoattack_stages`): APGD-CE, APGD-T, FAB-T
+    and Square, each run on the images the ones before it left correctly classified."""
+    return autoattack_breakdown(model, x, y, eps, num_classes, seed)[0]
 
 
 def cw_l2(model: nn.Module, x: torch.Tensor, y: torch.Tensor, c: float = 1.0, steps: int = 100,

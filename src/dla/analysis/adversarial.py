@@ -16,7 +16,8 @@ from torch import nn
 
 from tqdm.auto import tqdm
 
-from dla.attacks import attack
+from dla import attacks
+from dla.attacks import attack, stage_key
 from dla.report.plots import plt, save_figure, show_image
 
 
@@ -62,13 +63,21 @@ def accuracy_under_attack(
     model.eval()
     clean = float((_predict(model, x) == y).float().mean())
     rows = []
+    if method == "autoattack":
+        with torch.no_grad():
+            num_classes = model(x[:1]).shape[1]
     bar = tqdm(total=len(epsilons) * len(y), desc=method, unit="img", leave=False)
     for eps in epsilons:
         correct = hit = 0
+        left = [0] * len(attacks.AUTOATTACK_STAGES)
         for i in range(0, len(y), batch_size):
             xb, yb = x[i : i + batch_size], y[i : i + batch_size]
             tb = None if targets is None else targets[i : i + batch_size]
-            adv = attack(method, model, xb, yb if tb is None else tb, eps, steps, targeted=tb is not None)
+            if method == "autoattack":  # with the images each of its attacks leaves correct
+                adv, after = attacks.autoattack_breakdown(model, xb, yb, eps, num_classes)
+                left = [a + b for a, b in zip(left, after)]
+            else:
+                adv = attack(method, model, xb, yb if tb is None else tb, eps, steps, targeted=tb is not None)
             if keep is not None and i == 0:
                 keep[eps] = adv[:GALLERY]
             pred = _predict(model, adv)
@@ -79,6 +88,8 @@ def accuracy_under_attack(
         row = {"eps": eps, "eps_255": eps * 255, "acc": correct / len(y), "clean": clean, "n": len(y)}
         if targets is not None:
             row["success"] = hit / len(y)
+        if method == "autoattack":
+            row.update({stage_key(name): n / len(y) for name, n in zip(attacks.AUTOATTACK_STAGES, left)})
         rows.append(row)
     bar.close()
     return rows

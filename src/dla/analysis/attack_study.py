@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from dla.attacks import ATTACKS
+from dla.attacks import ATTACKS, AUTOATTACK_STAGES, stage_key
 from dla.config import load_run_config
 from dla.kind import require_command
 from dla.errors import DlaError
@@ -29,7 +29,10 @@ from dla.rundir import RunDir
 METHODS = tuple(ATTACKS)  # the registry's names
 TARGETED_METHODS = ("fgsm", "pgd")
 COLUMNS = (("eps", "eps", "sci"), ("eps x 255", "eps_255", "time"), ("accuracy (%)", "acc", "pct"))
+# AutoAttack: as RobustBench reports it, with the accuracy left after each of its attacks but the last
+# (which leaves the robust accuracy): a model that only masks gradients holds against APGD and falls to Square.
 ROBUST_COLUMNS = (("eps", "eps", "sci"), ("eps x 255", "eps_255", "time"), ("clean accuracy (%)", "clean", "pct"),
+                  *((f"after {name} (%)", stage_key(name), "pct") for name in AUTOATTACK_STAGES[:-1]),
                   ("robust accuracy (%)", "acc", "pct"), ("images", "n", "int"))
 CW_COLUMNS = (("L2 radius", "eps", "float"), ("accuracy (%)", "acc", "pct"), ("images", "n", "int"))
 CW_RADII = (0.0, 0.1, 0.25, 0.5, 1.0, 2.0)
@@ -134,7 +137,9 @@ def run_attack(run: RunDir, method: str, epsilons: Sequence[float] | None, steps
         rows = accuracy_under_attack(model, x, y, method, epsilons, steps, targets=targets,
                                      batch_size=100 if method == "autoattack" else 256, keep=kept)
         columns = ROBUST_COLUMNS if method == "autoattack" else COLUMNS if targets is None else TARGETED_COLUMNS
-        what = method if method != "autoattack" else "AutoAttack (standard: APGD-CE, APGD-T, FAB-T, Square)"
+        what = method if method != "autoattack" else (
+            "AutoAttack (standard: APGD-CE, APGD-T, FAB-T, Square, each on the images the ones before it left "
+            "correct; the 'after' columns are the accuracy each leaves)")
     aim = "" if target is None else f", targeted ({'class ' + classes[target] if isinstance(target, int) else target})"
     header = f"{what}{aim} on {len(y)} {data.test_source} test images; run {run.path}\n\n"
     table = markdown_table(rows, columns)
