@@ -228,6 +228,8 @@ def evaluate_run(path: str | Path, data_root: Path | None, command: str = "dla e
     kind.eval_options(cfg, episodes, seed)  # before anything loads: a kind without episodes refuses them
     accelerator = make_accelerator(cfg.train)
     model, cfg = load_run_model(run, accelerator.device)
+    if cfg.train.channels_last:  # as in training: the same kernels, so the test numbers are the training's own
+        model = model.to(memory_format=torch.channels_last)
     kind.eval_options(cfg, episodes, seed)
     kind.prepare_eval(run, cfg)
     data = load_data(cfg, data_root, run, quiet=True)
